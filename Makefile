@@ -1,0 +1,42 @@
+# certman: the two commands are `make demo` and `make test` (both run as root on Debian).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: all deps venv lint types unit test demo bench clean
+
+all: test
+
+deps:  ## Debian packages for the testbed (BIND, Unbound, Pebble, Postfix, PowerDNS, ...)
+	contrib/testbed/install-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check certman tests contrib hooks
+	$(VENV)/bin/ruff format --check certman tests
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+test: deps $(STAMP) lint types
+	$(PY) -m pytest tests -m "not benchmark" -v --durations=15
+
+demo: deps $(STAMP)
+	$(PY) contrib/demo/demo.py
+
+bench: deps $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

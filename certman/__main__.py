@@ -1,0 +1,4 @@
+from certman.cli import main
+import sys
+
+sys.exit(main())

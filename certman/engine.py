@@ -1,0 +1,172 @@
+"""The runner: take the lock, load the state, ask ``decide()``, perform one idempotent action, save.
+
+A crash between an action and the save only repeats an idempotent action: publishing is a
+compare-and-swap of the wanted RRset, confirming only reads, issuing reuses a staged certificate,
+installing archives the served files once (the record is saved before the switch) and switching
+to the same files again is harmless. Only the CLI sleeps; ``Context.sleep`` is its.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from certman import rollover
+from certman.config import CertificateConfig, Config
+from certman.errors import CertmanError, RetryLater, VerificationError
+from certman.rollover import Action, Policy, Step
+from certman.state import CertDir, Operation, Phase, State
+
+if TYPE_CHECKING:
+    from certman.dns.provider import DnsProvider
+    from certman.postfix import Postfix
+
+
+@dataclass
+class Context:
+    """What the engine needs from the outside world; the CLI builds it."""
+
+    config: Config
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    progress: Callable[[str], None] = lambda message: None
+    _providers: dict[str, DnsProvider] = field(default_factory=dict)
+    _postfix: Postfix | None = None
+
+    def provider(self, name: str) -> DnsProvider:
+        if name not in self._providers:
+            from certman.dns.provider import ProviderContext, create_provider
+
+            spec = self.config.providers[name]
+            context = ProviderContext(self.config.resolvers, self.config.propagation.query_timeout)
+            self._providers[name] = create_provider(spec.type, name, spec.options, context)
+        return self._providers[name]
+
+    def providers(self) -> Mapping[str, DnsProvider]:
+        return {name: self.provider(name) for name in self.config.providers}
+
+    @property
+    def postfix(self) -> Postfix:
+        if self._postfix is None:
+            from certman.postfix import Postfix
+
+            self._postfix = Postfix(self.config.postfix)
+        return self._postfix
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    state: State
+    reason: str
+    wait_until: float | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.wait_until is not None
+
+
+def policy_for(cert: CertificateConfig) -> Policy:
+    dane = cert.dane
+    return Policy(
+        dane=dane is not None,
+        margin=dane.margin if dane else 0.0,
+        rollover_days=dane.rollover_days if dane else 0,
+    )
+
+
+def advance(
+    ctx: Context,
+    cert: CertificateConfig,
+    *,
+    request: Operation | None = None,
+    max_wait: float = 0.0,
+    wait_lock: bool = False,
+    on_wait: Callable[[Step, float], None] | None = None,
+) -> Outcome:
+    """Advance ``cert`` as far as it goes without waiting longer than ``max_wait`` at a time."""
+    cdir = CertDir.of(ctx.config.state_dir, cert.name)
+    policy = policy_for(cert)
+    with cdir.lock(wait=wait_lock):
+        state = cdir.load(cert.name)
+        while True:
+            now = ctx.clock()
+            step = rollover.decide(state, now, policy, request)
+            if step.action is Action.BEGIN:
+                request = None
+            if step.done:
+                return Outcome(cert.name, state, step.reason)
+            if step.wait_until is not None:
+                if step.wait_until - now > max_wait:
+                    return Outcome(cert.name, state, step.reason, step.wait_until)
+                if on_wait:
+                    on_wait(step, step.wait_until - now)
+                ctx.sleep(max(0.0, min(step.wait_until - now, 1.0)))
+                continue
+            ctx.progress(f"{cert.name}: {step.reason}")
+            state, wait_until = _perform_guarded(ctx, cert, cdir, state, step, policy)
+            cdir.save(state)
+            if wait_until is not None:
+                state_wait = Step(None, step.reason, wait_until=wait_until)
+                if wait_until - ctx.clock() > max_wait:
+                    return Outcome(cert.name, state, state_wait.reason, wait_until)
+                if on_wait:
+                    on_wait(state_wait, wait_until - ctx.clock())
+                ctx.sleep(max(0.0, wait_until - ctx.clock()))
+
+
+def _perform_guarded(
+    ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, step: Step, policy: Policy
+) -> tuple[State, float | None]:
+    try:
+        return _perform(ctx, cert, cdir, state, step, policy)
+    except RetryLater as exc:
+        now = ctx.clock()
+        cdir.save(rollover.failed(state, now, str(exc), exc.not_before))
+        raise
+    except CertmanError as exc:
+        now = ctx.clock()
+        cdir.save(rollover.failed(state, now, str(exc), now + policy.retry_interval))
+        raise
+
+
+def _perform(
+    ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, step: Step, policy: Policy
+) -> tuple[State, float | None]:
+    from certman import actions
+
+    now = ctx.clock()
+    match step.action:
+        case Action.ADOPT:
+            return rollover.after_adopt(actions.adopt(ctx, cert, cdir, state), policy), None
+        case Action.BEGIN:
+            assert step.operation is not None
+            state = actions.prepare_keys(ctx, cert, cdir, state, step.operation)
+            return rollover.begin(state, step.operation, now, policy), None
+        case Action.PUBLISH:
+            state = actions.ensure_next_keys(ctx, cert, cdir, state)
+            progress, retired = actions.publish(ctx, cert, state)
+            return rollover.after_publish(state, progress, retired), None
+        case Action.CONFIRM:
+            confirmed = actions.confirm(ctx, cert, state)
+            if confirmed is None:
+                return state, now + ctx.config.propagation.interval
+            return rollover.after_confirm(state, confirmed, policy), None
+        case Action.ISSUE:
+            staged = actions.issue(ctx, cert, cdir, state)
+            return rollover.after_issue(state, dict(staged)), None
+        case Action.INSTALL:
+            state = actions.install(ctx, cert, cdir, state)
+            return state.evolve(phase=Phase.VERIFY), None
+        case Action.VERIFY:
+            error = actions.verify(ctx, cert, state)
+            if error is None:
+                return rollover.after_verify(state, now, actions.renew_after(cert, state)), None
+            return state.evolve(phase=Phase.ROLLBACK, last_error=error), None
+        case Action.ROLLBACK:
+            error = state.last_error or "verification failed"
+            actions.rollback(ctx, cert, state)
+            cdir.save(rollover.after_rollback(state, ctx.clock(), error, policy))
+            raise VerificationError(f"{cert.name}: {error}; previous certificate restored")
+    raise AssertionError(f"unhandled step {step}")
