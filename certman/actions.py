@@ -6,6 +6,7 @@ repeats the action, so every action first looks at what is already done.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certman import keys, rollover
@@ -17,8 +18,9 @@ from certman.state import CertDir, CertInfo, KeyInfo, Operation, State, TlsaProg
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from certman.dns.provider import RRset
+    from certman.dns.provider import ChangeResult, DnsProvider, RRset
     from certman.engine import Context
+    from certman.postfix import ServedKey
 
 DEFAULT_TLSA_TTL = 300  # used only when neither the config nor an existing RRset gives one
 MAX_CAS_ATTEMPTS = 8
@@ -43,10 +45,10 @@ def load_key(cdir: CertDir, info: KeyInfo) -> keys.PrivateKey:
 
 def adopt(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) -> State:
     """Take what Postfix serves now as the current key; make one where nothing is served."""
-    from certman import store
+    from certman.postfix import served_keys
 
     now = ctx.clock()
-    served = {s.key_type.is_rsa: s for s in store.served_keys(cert, ctx.postfix)}
+    served = {s.key_type.is_rsa: s for s in served_keys(cert, ctx.postfix)}
     current: dict[str, KeyInfo] = {}
     certs: dict[str, CertInfo] = {}
     for kind in cert.key_types:
@@ -64,19 +66,34 @@ def adopt(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) ->
     nxt = {k: new_key(cdir, KeyType(k), now) for k in current}
     state = state.evolve(current=current, next=nxt, certs=certs)
     if certs:
-        state = state.evolve(renew_after=renew_after(cert, state))
+        due = any(_needs_replacing(cert, info) for info in certs.values())
+        state = state.evolve(renew_after=now if due else renew_after(cert, state))
     return state.note(now, "adopted the served state; next key staged")
 
 
-def _adopt_served(cdir: CertDir, served: object, now: float) -> tuple[KeyInfo, CertInfo]:
-    key = keys.load_private_key(served.private_key_pem, str(served.source_path))  # type: ignore[attr-defined]
+def _adopt_served(cdir: CertDir, served: ServedKey, now: float) -> tuple[KeyInfo, CertInfo]:
+    key = keys.load_private_key(served.private_key_pem, served.source_path)
     kind = keys.key_type_of(key)
     spki = keys.spki_sha256(key.public_key())
-    info = KeyInfo(KeyInfo.make_id(kind, spki), kind, spki, now, str(served.source_path))  # type: ignore[attr-defined]
+    info = KeyInfo(KeyInfo.make_id(kind, spki), kind, spki, now, served.source_path)
     private_dir(cdir.root / "keys")
     keys.write_private_key(cdir.key_file(info.id), key)
-    chain_pem: bytes = served.chain_pem  # type: ignore[attr-defined]
-    return info, _store_chain(cdir, info, chain_pem)
+    return info, _store_chain(cdir, info, served.chain_pem)
+
+
+def _needs_replacing(cert: CertificateConfig, info: CertInfo) -> bool:
+    """An adopted certificate that is self-signed or misses a configured name is renewed now."""
+    from cryptography import x509
+
+    leaf = keys.load_pem_chain(Path(info.path).read_bytes(), info.path)[0]
+    if leaf.issuer == leaf.subject:
+        return True
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return True
+    names = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
+    return not set(cert.domains) <= names
 
 
 def _store_chain(cdir: CertDir, key: KeyInfo, chain_pem: bytes) -> CertInfo:
@@ -196,19 +213,24 @@ def publish(ctx: Context, cert: CertificateConfig, state: State) -> tuple[TlsaPr
 
 
 def _swap_records(
-    ctx: Context, provider: object, name: str, wanted: set[str], owned: set[str], ttl: int | None
-) -> tuple[RRset | None, RRset, object | None]:
+    ctx: Context,
+    provider: DnsProvider,
+    name: str,
+    wanted: set[str],
+    owned: set[str],
+    ttl: int | None,
+) -> tuple[RRset | None, RRset, ChangeResult | None]:
     from certman.dns.provider import RRset
 
     for _attempt in range(MAX_CAS_ATTEMPTS):
-        existing = provider.read(name, "TLSA")  # type: ignore[attr-defined]
+        existing = provider.read(name, "TLSA")
         keep = {r for r in existing.rdatas if r not in owned} if existing else set()
         new_ttl = ttl or (existing.ttl if existing else DEFAULT_TLSA_TTL)
         rrset = RRset.of(name, "TLSA", new_ttl, keep | wanted)
         if existing is not None and existing.rdatas == rrset.rdatas and existing.ttl == new_ttl:
             return existing, existing, None
         try:
-            change = provider.replace(rrset, expected=existing)  # type: ignore[attr-defined]
+            change = provider.replace(rrset, expected=existing)
         except ConflictError:
             ctx.progress(f"{name}: TLSA RRset changed under us; rereading")
             continue
@@ -294,7 +316,11 @@ def renew_after(cert: CertificateConfig, state: State) -> float | None:
 
 
 def install(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) -> State:
-    """Gate on DNS, archive what is served (record saved first), switch, reload."""
+    """Gate on DNS, plan the install (archive saved first), switch, reload.
+
+    The plan (``InstallRecord``) is saved in the state before anything Postfix reads changes,
+    so a crash at any point can be rolled back; applying the same plan twice is harmless.
+    """
     from certman import store
 
     targets = rollover.target_keys(state)
@@ -303,16 +329,18 @@ def install(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) 
     if state.install_record is None:
         bundles = []
         for slot, key in targets.items():
-            info = state.staged[slot]
-            chain = open(info.path, "rb").read()  # noqa: SIM115
-            bundles.append(
-                store.KeyBundle(key.key_type, keys.private_key_pem(load_key(cdir, key)), chain)
-            )
-        record = store.install(
+            chain = Path(state.staged[slot].path).read_bytes()
+            key_pem = keys.private_key_pem(load_key(cdir, key))
+            bundles.append(store.KeyBundle(key.key_type, key_pem, chain))
+        record = store.prepare(
             cert, bundles, postfix=ctx.postfix, state_dir=ctx.config.state_dir, clock=ctx.clock
         )
+        for note in record.notes:
+            ctx.progress(f"{cert.name}: {note}")
         state = state.evolve(install_record=record.to_json())
         cdir.save(state)
+    assert state.install_record is not None
+    store.apply(store.InstallRecord.from_json(state.install_record), postfix=ctx.postfix)
     ctx.postfix.reload()
     return state
 
@@ -345,7 +373,8 @@ def verify(ctx: Context, cert: CertificateConfig, state: State, attempts: int = 
 
     if cert.dane is None:
         return None
-    expected = {KeyType(k.key_type): k.spki_sha256 for k in rollover.target_keys(state).values()}
+    targets = rollover.target_keys(state)
+    expected = {KeyType(slot): k.spki_sha256 for slot, k in targets.items()}
     problems: list[str] = []
     for attempt in range(attempts):
         results = verify_live(cert, resolvers=ctx.config.resolvers, expected=expected)

@@ -72,17 +72,14 @@ def stage(
         )
     current, nxt = state.current.get(slot), state.next.get(slot)
     if current is not None and current.spki_sha256 == spki:
-        operation, info, what = Operation.RENEW, current, "renewal with the served key: install now"
+        info, what = current, "renewal with the served key: install now"
     elif nxt is not None and nxt.spki_sha256 == spki:
-        operation, info, what = Operation.ROLLOVER, nxt, "rollover to the published next key"
+        info, what = nxt, "rollover to the published next key"
     else:
         info = KeyInfo(KeyInfo.make_id(kind, spki), kind, spki, now, str(lineage / "privkey.pem"))
         retired = (*state.retired, *([nxt.spki_sha256] if nxt else []))
         state = state.evolve(next={**state.next, slot: info}, next_ready_at=None, retired=retired)
-        operation, what = (
-            Operation.ROLLOVER,
-            "new key: publish its TLSA record first, install after it aged",
-        )
+        what = "new key: publish its TLSA record first, install after it aged"
     keys.write_private_key(cdir.key_file(info.id), key)
     staged = actions._store_chain(cdir, info, chain_pem)
     state = state.evolve(staged={**state.staged, slot: staged})

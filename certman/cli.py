@@ -89,9 +89,8 @@ def _drive(
 def _report_outcome(outcome: Outcome) -> None:
     state = outcome.state
     if outcome.waiting:
-        _say(
-            f"{outcome.name}: {state.phase.value}: {outcome.reason}; resume after {_stamp(outcome.wait_until)}"
-        )
+        resume = _stamp(outcome.wait_until)
+        _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}; resume after {resume}")
     else:
         _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}")
 
@@ -215,7 +214,7 @@ def cmd_hook_certbot(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- argument parsing -------------------------------------------------------------------------------
+# -- argument parsing ------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

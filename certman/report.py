@@ -78,7 +78,8 @@ def status_lines(cfg: Config, cert: CertificateConfig, now: float) -> list[str]:
     for slot, info in state.certs.items():
         left = (info.not_after - now) / 86400
         lines.append(
-            f"  cert     {slot} serial {info.serial} expires {_stamp(info.not_after)} ({left:.1f} days)"
+            f"  cert     {slot} serial {info.serial} "
+            f"expires {_stamp(info.not_after)} ({left:.1f} days)"
         )
     for slot, info in state.staged.items():
         lines.append(f"  staged   {slot} serial {info.serial} (not yet served)")
@@ -87,7 +88,8 @@ def status_lines(cfg: Config, cert: CertificateConfig, now: float) -> list[str]:
             f"  tlsa     {', '.join(cert.dane.tlsa_names())} via provider {cert.dane.provider}"
         )
         lines.append(
-            f"  tlsa     written {_stamp(state.tlsa.written_at)}, confirmed {_stamp(state.tlsa.confirmed_at)}, "
+            f"  tlsa     written {_stamp(state.tlsa.written_at)}, "
+            f"confirmed {_stamp(state.tlsa.confirmed_at)}, "
             f"not before {_stamp(state.tlsa.not_before)}"
         )
         lines.append(f"  next key ready for use after {_stamp(state.next_ready_at)}")
@@ -101,7 +103,7 @@ def status_lines(cfg: Config, cert: CertificateConfig, now: float) -> list[str]:
 
 
 def zone_records(cfg: Config, cert: CertificateConfig) -> list[str]:
-    """What ``certman tlsa NAME`` prints: the records of the current and next keys, zone-file form."""
+    """``certman tlsa NAME``: the records of the current and next keys, in zone-file form."""
     from certman.actions import key_records
 
     if cert.dane is None:
@@ -140,7 +142,8 @@ def rollover_plan(cfg: Config, cert: CertificateConfig, *, compromised: bool) ->
         else:
             wait = max(0.0, ready - now)
             lines.append(
-                f"  {step}. next key published and aged: ready {'now' if wait == 0 else 'in %.0f s' % wait}"
+                f"  {step}. next key published and aged: "
+                f"ready {'now' if wait == 0 else f'in {wait:.0f} s'}"
             )
             step += 1
     for key in state.next.values() if not compromised else state.current.values():
@@ -148,7 +151,8 @@ def rollover_plan(cfg: Config, cert: CertificateConfig, *, compromised: bool) ->
         lines.append(f"  {step}. issue a certificate for {', '.join(cert.domains)} with {label}")
     step += 1
     lines.append(
-        f"  {step}. install into {cert.install.directory} ({cert.install.layout.value}), postfix reload"
+        f"  {step}. install into {cert.install.directory} "
+        f"({cert.install.layout.value}), postfix reload"
     )
     if cert.dane is not None:
         lines.append(f"  {step + 1}. verify every endpoint against the DNSSEC-validated TLSA RRset")
@@ -174,5 +178,5 @@ def check_problems(cfg: Config) -> list[str]:
         from certman import dhparams
         from certman.postfix import Postfix
 
-        problems += dhparams.check(cfg.dhparams, Postfix(cfg.postfix))
+        problems += dhparams.check(cfg.dhparams, Postfix(cfg.postfix), cfg.state_dir, time.time())
     return problems

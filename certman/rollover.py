@@ -1,4 +1,4 @@
-"""The DANE rollover as a pure state machine: ``decide()`` names the next step, transitions are pure.
+"""The DANE rollover as a pure state machine: ``decide()`` names the next step.
 
 The rules (RFC 7671 §8.1, §8.4; RFC 7672; Dukhovni's "current + next"):
 
@@ -173,7 +173,7 @@ def after_issue(state: State, staged: dict[str, object]) -> State:
     return state.evolve(phase=Phase.INSTALL, staged=staged)
 
 
-def after_install(state: State, record: dict[str, object]) -> State:
+def after_install(state: State, record: str) -> State:
     return state.evolve(phase=Phase.VERIFY, install_record=record)
 
 

@@ -108,7 +108,7 @@ class State:
     staged: dict[str, CertInfo] = field(default_factory=dict)  # key type -> issued, not served
     tlsa: TlsaProgress = field(default_factory=TlsaProgress)
     next_ready_at: float | None = None  # when the next keys' records have aged everywhere
-    install_record: dict[str, Any] | None = None  # store.InstallRecord.to_json(), for rollback
+    install_record: str | None = None  # store.InstallRecord.to_json(), for rollback
     renew_after: float | None = None  # ARI / lifetime fraction: when renewal is due
     ari_checked_at: float | None = None
     retry_after: float | None = None  # back-off after a failure (rate limit, verification)
