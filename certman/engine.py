@@ -153,6 +153,8 @@ def _perform(
             if confirmed is None:
                 return state, now + ctx.config.propagation.interval
             return rollover.after_confirm(state, confirmed, policy), None
+        case Action.FINISH:
+            return rollover.finish(state, now, "records published and aged"), None
         case Action.ISSUE:
             staged = actions.issue(ctx, cert, cdir, state)
             return rollover.after_issue(state, dict(staged)), None

@@ -31,6 +31,7 @@ class Action(StrEnum):
     INSTALL = "install"  # write the files Postfix reads, switch, reload
     VERIFY = "verify"  # STARTTLS to every endpoint against the validated RRset
     ROLLBACK = "rollback"  # put the previous files back, reload
+    FINISH = "finish"  # records aged, nothing to install: back to steady state
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def decide(state: State, now: float, policy: Policy, request: Operation | None =
         not_before = state.tlsa.not_before or now
         if now < not_before:
             return Step(None, "waiting for cached TLSA answers to expire", wait_until=not_before)
+        if state.operation is Operation.BOOTSTRAP and state.certs:
+            return Step(Action.FINISH, "records aged on every resolver")
         return Step(Action.ISSUE, "records aged on every resolver")
     phase_action = {
         Phase.PUBLISH: (Action.PUBLISH, "publish TLSA records"),
@@ -161,10 +164,10 @@ def after_confirm(state: State, confirmed_at: float, policy: Policy) -> State:
         **{**state.tlsa.__dict__, "confirmed_at": confirmed_at, "not_before": not_before}
     )
     state = state.evolve(tlsa=tlsa, next_ready_at=not_before)
-    needs_install = state.operation in (Operation.ROLLOVER, Operation.COMPROMISED) or (
-        state.operation is Operation.BOOTSTRAP and not state.certs
-    )
-    if needs_install:
+    # A bootstrap waits too: until then validating resolvers may hold "no TLSA" (RFC 2308), and
+    # a renewal right after it must find the served key's record in every cache.
+    waits = (Operation.ROLLOVER, Operation.COMPROMISED, Operation.BOOTSTRAP)
+    if state.operation in waits:
         return state.evolve(phase=Phase.AGE)
     return finish(state, confirmed_at, "records confirmed")
 

@@ -7,6 +7,7 @@ the nearest valid key. Providers from other packages use the same reader for the
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,9 @@ E = TypeVar("E", bound=StrEnum)
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _UNDERSCORE_LABEL = re.compile(r"^_[a-z0-9-]{1,62}$")
+# A bare TOML key, optionally followed by list indexes we add ourselves (``domains[0]``).
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+(\[\d+\])*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class _Missing:
@@ -90,6 +94,9 @@ class Section:
     # -- errors ---------------------------------------------------------------------------------
 
     def key_path(self, key: str) -> str:
+        """``prefix.key``; a key that is not a bare TOML key is quoted (``zones."example.org"``)."""
+        if not _BARE_KEY.match(key):
+            key = json.dumps(key, ensure_ascii=False)  # escapes quotes and control characters
         return f"{self.prefix}.{key}" if self.prefix else key
 
     def error(self, key: str, message: str) -> ConfigError:
@@ -217,15 +224,15 @@ class Section:
         return list(value)
 
     def choice(self, key: str, enum: type[E], default: object = REQUIRED) -> E:
-        value = self._get(key, default, (str, enum), "a string")
+        options = ", ".join(member.value for member in enum)
+        value = self._get(key, default, (str, enum), f"one of {options}")
         try:
             return enum(str(value))
         except ValueError:
-            options = ", ".join(member.value for member in enum)
             raise self.error(key, f"expected one of {options}, got {value!r}") from None
 
     def path(self, key: str, default: object = REQUIRED) -> Path:
-        value = self._get(key, default, (str, Path), "a path")
+        value = self._get(key, default, (str, Path), "an absolute path")
         path = Path(value)  # type: ignore[arg-type]
         if not path.is_absolute():
             raise self.error(key, f"expected an absolute path, got {str(value)!r}")
@@ -247,7 +254,10 @@ class Section:
     def _domain(self, key: str, value: str, wildcard: bool) -> str:
         name = normalize_domain(value, wildcard=wildcard)
         if name is None:
-            raise self.error(key, f"expected a fully qualified domain name, got {value!r}")
+            what = "a fully qualified domain name"
+            if not wildcard and normalize_domain(value, wildcard=True) is not None:
+                what = "a concrete host name (no wildcard)"
+            raise self.error(key, f"expected {what}, got {value!r}")
         return name
 
     def secret(self, key: str, *, required: bool = True) -> Secret | None:
@@ -255,7 +265,8 @@ class Section:
 
         An inline ``<key>`` is refused: config files get copied, pasted and committed.
         """
-        if self.has(key):
+        # Checked without marking ``key`` as valid, so finish() never suggests the inline form.
+        if key in self._data:
             raise self.error(key, f"inline secrets are not accepted; use {key}_file or {key}_env")
         file_key, env_key = f"{key}_file", f"{key}_env"
         given = [k for k in (file_key, env_key) if self.has(k)]
@@ -273,12 +284,16 @@ class Section:
                 value = path.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise self.error(
-                    file_key, f"cannot read secret file {path}: {exc.strerror}"
+                    file_key, f"cannot read secret file {path}: {exc.strerror or exc}"
                 ) from None
+            except UnicodeDecodeError:
+                raise self.error(file_key, f"secret file {path} is not UTF-8 text") from None
             if not value:
                 raise self.error(file_key, f"secret file {path} is empty")
             return Secret(f"file:{path}", value)
         name = self.string(env_key)
+        if not _ENV_NAME.match(name):
+            raise self.error(env_key, f"expected an environment variable name, got {name!r}")
         value = os.environ.get(name, "").strip()
         if not value:
             raise self.error(env_key, f"environment variable {name} is not set or empty")

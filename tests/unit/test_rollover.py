@@ -154,3 +154,12 @@ def test_operator_request_overrides_schedule() -> None:
 def test_without_dane_rollover_skips_dns() -> None:
     policy = Policy(dane=False, margin=0, rollover_days=0)
     assert rollover.begin(steady(), Operation.ROLLOVER, NOW, policy).phase is Phase.ISSUE
+
+
+def test_bootstrap_with_served_cert_ages_then_finishes() -> None:
+    state = steady(phase=Phase.CONFIRM, operation=Operation.BOOTSTRAP)
+    state = state.evolve(tlsa=TlsaProgress(ttl_after=5, negative_ttl=3, name_was_empty=True))
+    aged = rollover.after_confirm(state, NOW, POLICY)
+    assert aged.phase is Phase.AGE
+    assert rollover.decide(aged, NOW + 1, POLICY).wait_until == NOW + 20
+    assert rollover.decide(aged, NOW + 20, POLICY).action is Action.FINISH

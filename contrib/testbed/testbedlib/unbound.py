@@ -111,5 +111,6 @@ def _conf(
 
 
 def _ca_cache() -> list[str]:
-    # Neither cached NXDOMAIN nor NSEC ranges (RFC 8198) may deny a challenge name later.
-    return ["    cache-max-negative-ttl: 0", "    aggressive-nsec: no"]
+    # Neither cached NXDOMAIN nor NSEC ranges (RFC 8198) may deny a challenge name later, and a
+    # cached TXT of an earlier order must not answer for a new one: a CA asks afresh each time.
+    return ["    cache-max-negative-ttl: 0", "    cache-max-ttl: 0", "    aggressive-nsec: no"]

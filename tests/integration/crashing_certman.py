@@ -1,0 +1,30 @@
+"""Run certman and SIGKILL it right after it saved the state at a given phase boundary.
+
+Usage: crashing_certman.py PHASE CERTMAN-ARGS...  ``install-planned`` kills it after the install
+plan was saved but before the files were switched. Test-only: certman itself has no such hook.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from certman import state as state_mod
+from certman.cli import main
+
+CRASH_AT = sys.argv[1]
+original_save = state_mod.CertDir.save
+
+
+def save_then_die(self: state_mod.CertDir, state: state_mod.State) -> None:
+    original_save(self, state)
+    planned = state.phase is state_mod.Phase.INSTALL and state.install_record is not None
+    if state.phase.value == CRASH_AT or (CRASH_AT == "install-planned" and planned):
+        if CRASH_AT == "install" and planned:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+state_mod.CertDir.save = save_then_die  # type: ignore[method-assign]
+sys.exit(main(sys.argv[2:]))

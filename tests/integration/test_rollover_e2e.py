@@ -1,0 +1,196 @@
+"""The DANE rollover end to end on the testbed: Pebble, BIND (signed), Unbound (caching), Postfix.
+
+A prober checks the live Postfix as a DANE-validating sender would, every 200 ms, through the
+same caching validating resolver; TTLs are 3 s, so a swap made before the old answers expire
+would be seen (the deliberately broken build below proves the prober sees it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import Prober, write_config
+from testbed import Testbed
+
+from certman import actions, keys
+from certman.cli import main
+from certman.config import PostfixConfig, load
+from certman.dns.provider import DnsProvider, ProviderContext, create_provider
+from certman.errors import VerificationError
+from certman.postfix import Postfix
+from certman.probe import fetch_chain
+from certman.propagation import validated_rrset
+from certman.state import CertDir, Phase
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+CRASHER = Path(__file__).with_name("crashing_certman.py")
+
+
+def served_spki(bed: Testbed, instance: str) -> str:
+    chain = fetch_chain(bed.postfix[instance].address, 25, timeout=5)
+    return keys.cert_spki_sha256(chain[0])
+
+
+def published(bed: Testbed, name: str) -> set[str]:
+    """The key digests of the TLSA RRset as the primary serves it (no cache in between)."""
+    rrset = rfc2136(bed).read(name, "TLSA")
+    return {r.split()[-1] for r in rrset.rdatas} if rrset else set()
+
+
+def validated(bed: Testbed, name: str) -> set[str]:
+    rrset = validated_rrset(name, "TLSA", [bed.resolver])
+    return {r.split()[-1] for r in rrset.rdatas} if rrset else set()
+
+
+def rfc2136(bed: Testbed) -> DnsProvider:
+    cfg = load(write_config(bed, bed.dir / "provider-only"))
+    spec = cfg.providers["bind"]
+    return create_provider(spec.type, "bind", spec.options, ProviderContext((bed.resolver,)))
+
+
+def bootstrap(bed: Testbed, config: Path) -> None:
+    """First run: adopt the testbed's self-signed cert, publish current + next, renew via ACME."""
+    assert main(["--config", str(config), "run", "--max-wait", "120"]) == 0
+    assert main(["--config", str(config), "run", "--max-wait", "120"]) == 0
+
+
+def state_of(config: Path, name: str = "mx1") -> object:
+    cfg = load(config)
+    return CertDir.of(cfg.state_dir, name).load(name)
+
+
+@pytest.fixture
+def mx1(testbed: Testbed, tmp_path: Path) -> Path:
+    """A fresh host: mx1 serves the testbed's initial self-signed key, no TLSA RRset exists."""
+    pf = testbed.postfix["mx1"]
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    postfix.set({"smtpd_tls_chain_files": str(pf.initial_chain_file)})
+    postfix.reload()
+    rfc2136(testbed).delete("_25._tcp.mx1.dane.test", "TLSA")
+    return write_config(testbed, tmp_path)
+
+
+def test_bootstrap_publishes_then_serves_an_acme_certificate_verified_by_dane(
+    testbed: Testbed, mx1: Path
+) -> None:
+    bootstrap(testbed, mx1)
+    state = state_of(mx1)
+    assert state.phase is Phase.STEADY  # type: ignore[attr-defined]
+    current = state.current["ecdsa-p256"]  # type: ignore[attr-defined]
+    nxt = state.next["ecdsa-p256"]  # type: ignore[attr-defined]
+    assert served_spki(testbed, "mx1") == current.spki_sha256
+    assert validated(testbed, "_25._tcp.mx1.dane.test") == {current.spki_sha256, nxt.spki_sha256}
+    chain = fetch_chain(testbed.postfix["mx1"].address, 25, timeout=5)
+    assert len(chain) >= 2 and "Pebble" in chain[1].subject.rfc4514_string()
+    ok, output = testbed.posttls_finger("mx1.dane.test", testbed.postfix["mx1"].address)
+    assert ok, output
+
+
+def test_rollover_keeps_dane_senders_delivering_throughout(testbed: Testbed, mx1: Path) -> None:
+    bootstrap(testbed, mx1)
+    before = state_of(mx1)
+    old, nxt = before.current["ecdsa-p256"], before.next["ecdsa-p256"]  # type: ignore[attr-defined]
+    prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address)
+    with prober.running():
+        assert main(["--config", str(mx1), "rollover", "mx1"]) == 0
+        time.sleep(7)  # 2 x TTL + 1: resolvers drop the retired record meanwhile
+    after = state_of(mx1)
+    assert after.phase is Phase.STEADY  # type: ignore[attr-defined]
+    assert after.current["ecdsa-p256"] == nxt  # type: ignore[attr-defined]
+    assert served_spki(testbed, "mx1") == nxt.spki_sha256
+    records = published(testbed, "_25._tcp.mx1.dane.test")
+    assert old.spki_sha256 not in records
+    assert nxt.spki_sha256 in records
+    assert after.next["ecdsa-p256"].spki_sha256 in records  # type: ignore[attr-defined]
+    assert len(prober.results) >= 10
+    assert prober.failures == []
+
+
+def test_broken_early_swap_is_seen_by_the_prober_and_rolled_back(
+    testbed: Testbed, mx1: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deliberately broken build: no 2 x TTL wait and no DNS gate before the swap."""
+    bootstrap(testbed, mx1)
+    served_before = served_spki(testbed, "mx1")
+    monkeypatch.setattr("certman.state.TlsaProgress.wait_seconds", lambda self, margin: 0.0)
+    monkeypatch.setattr(actions, "_require_published", lambda *args: None)
+    prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address, interval=0.1)
+    with prober.running():
+        time.sleep(1.0)  # the prober warms the resolver's cache with the current RRset
+        with pytest.raises(VerificationError):
+            from certman.engine import Context, advance
+            from certman.state import Operation
+
+            cfg = load(mx1)
+            ctx = Context(cfg, time.time, time.sleep)
+            advance(ctx, cfg.certificate("mx1"), request=Operation.COMPROMISED, max_wait=60)
+        time.sleep(0.5)
+    assert prober.failures, "the prober must see a swap made before caches expired"
+    state = state_of(mx1)
+    assert state.phase is Phase.STEADY and state.last_error  # type: ignore[attr-defined]
+    assert served_spki(testbed, "mx1") == served_before  # rolled back
+
+
+CRASH_POINTS = ["age", "install", "install-planned", "verify", "publish", "confirm"]
+
+
+@pytest.mark.parametrize("crash_at", CRASH_POINTS)
+def test_sigkill_at_each_phase_then_run_finishes_rollover(
+    testbed: Testbed, mx1: Path, crash_at: str
+) -> None:
+    bootstrap(testbed, mx1)
+    before = state_of(mx1)
+    old = before.current["ecdsa-p256"]  # type: ignore[attr-defined]
+    nxt = before.next["ecdsa-p256"]  # type: ignore[attr-defined]
+    prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address)
+    with prober.running():
+        crashed = subprocess.run(
+            [sys.executable, str(CRASHER), crash_at, "--config", str(mx1), "rollover", "mx1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+        assert old.spki_sha256 in published(testbed, "_25._tcp.mx1.dane.test")
+        assert main(["--config", str(mx1), "run", "--max-wait", "120"]) == 0
+        assert main(["--config", str(mx1), "run", "--max-wait", "120"]) == 0
+    after = state_of(mx1)
+    assert after.phase is Phase.STEADY, after  # type: ignore[attr-defined]
+    assert after.current["ecdsa-p256"] == nxt  # type: ignore[attr-defined]
+    assert served_spki(testbed, "mx1") == nxt.spki_sha256
+    assert old.spki_sha256 not in published(testbed, "_25._tcp.mx1.dane.test")
+    assert prober.failures == []
+
+
+def test_second_concurrent_run_reports_the_lock_and_changes_nothing(
+    testbed: Testbed, mx1: Path
+) -> None:
+    bootstrap(testbed, mx1)
+    cfg = load(mx1)
+    cdir = CertDir.of(cfg.state_dir, "mx1")
+    before = cdir.state_file.read_bytes()
+    with cdir.lock():
+        other = subprocess.run(
+            [sys.executable, "-m", "certman", "--config", str(mx1), "rollover", "mx1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    assert other.returncode == 75
+    assert "locked by another certman run" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    assert cdir.state_file.read_bytes() == before
+
+
+def test_postfix_reload_runs_in_the_instance_directory(testbed: Testbed, mx1: Path) -> None:
+    cfg = load(mx1)
+    assert Postfix(cfg.postfix).get("myhostname")["myhostname"] == "mx1.dane.test"
