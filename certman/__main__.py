@@ -1,4 +1,5 @@
-from certman.cli import main
 import sys
+
+from certman.cli import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from testbed import Testbed, enter_netns, start_testbed, stop_testbed  # noqa: E402
+from testbed import Testbed, enter_netns, start_testbed, stop_testbed
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,8 @@ class Prober:
     def run(self) -> None:
         while not self._stop.is_set():
             ok, output = self.bed.posttls_finger(self.host, self.address)
-            self.results.append((time.time(), ok, output.strip().splitlines()[-1] if output else ""))
+            last = output.strip().splitlines()[-1] if output else ""
+            self.results.append((time.time(), ok, last))
             self._stop.wait(self.interval)
 
     @contextmanager

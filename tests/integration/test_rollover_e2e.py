@@ -156,6 +156,7 @@ def test_sigkill_at_each_phase_then_run_finishes_rollover(
             capture_output=True,
             text=True,
             timeout=120,
+            check=False,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
@@ -183,6 +184,7 @@ def test_second_concurrent_run_reports_the_lock_and_changes_nothing(
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
     assert other.returncode == 75
