@@ -29,8 +29,9 @@ types: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
+# A private --basetemp: pytest prunes old basetemps, which must never include a live testbed's.
 test: deps $(STAMP) lint types
-	$(PY) -m pytest tests -m "not benchmark" -v --durations=15
+	$(PY) -m pytest tests -m "not benchmark" -v --durations=15 --basetemp=$(CURDIR)/.pytest-tmp
 
 demo: deps $(STAMP)
 	$(PY) contrib/demo/demo.py
