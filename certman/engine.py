@@ -73,6 +73,7 @@ def policy_for(cert: CertificateConfig) -> Policy:
         dane=dane is not None,
         margin=dane.margin if dane else 0.0,
         rollover_days=dane.rollover_days if dane else 0,
+        ari=cert.use_ari,
     )
 
 
@@ -153,6 +154,9 @@ def _perform(
             if confirmed is None:
                 return state, now + ctx.config.propagation.interval
             return rollover.after_confirm(state, confirmed, policy), None
+        case Action.CHECK_ARI:
+            renew, recheck = actions.check_ari(ctx, cert, state)
+            return state.evolve(renew_after=renew, ari_checked_at=now, ari_recheck_at=recheck), None
         case Action.FINISH:
             return rollover.finish(state, now, "records published and aged"), None
         case Action.ISSUE:

@@ -32,6 +32,7 @@ class Action(StrEnum):
     VERIFY = "verify"  # STARTTLS to every endpoint against the validated RRset
     ROLLBACK = "rollback"  # put the previous files back, reload
     FINISH = "finish"  # records aged, nothing to install: back to steady state
+    CHECK_ARI = "check-ari"  # ask the CA for its suggested renewal window (RFC 9773)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Policy:
     dane: bool  # TLSA records are managed for this certificate
     margin: float  # seconds added to 2 x TTL
     rollover_days: int  # 0: keys roll only when asked
+    ari: bool = False  # ask the CA's renewalInfo for when to renew
     retry_interval: float = 3600.0  # back-off after a failed attempt
 
 
@@ -88,6 +90,9 @@ def decide(state: State, now: float, policy: Policy, request: Operation | None =
 def _idle(state: State, now: float, policy: Policy, request: Operation | None) -> Step:
     if request is not None:
         return Step(Action.BEGIN, f"{request.value} requested", operation=request)
+    ari_due = state.ari_recheck_at is None or now >= state.ari_recheck_at
+    if policy.ari and state.certs and ari_due:
+        return Step(Action.CHECK_ARI, "ask the CA for its renewal window (RFC 9773)")
     if not state.certs or (state.renew_after is not None and now >= state.renew_after):
         return Step(Action.BEGIN, "certificate renewal due", operation=Operation.RENEW)
     if policy.dane and state.next and state.next_ready_at is None:
@@ -187,6 +192,7 @@ def after_verify(state: State, now: float, renew_after: float | None) -> State:
         staged={},
         install_record=None,
         renew_after=renew_after,
+        ari_recheck_at=None,  # a new certificate: ask for its renewal window on the next run
         last_success=now,
     )
     if state.operation in (Operation.ROLLOVER, Operation.COMPROMISED):

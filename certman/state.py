@@ -111,6 +111,7 @@ class State:
     install_record: str | None = None  # store.InstallRecord.to_json(), for rollback
     renew_after: float | None = None  # ARI / lifetime fraction: when renewal is due
     ari_checked_at: float | None = None
+    ari_recheck_at: float | None = None  # next renewalInfo request (RFC 9773 §4.3.3)
     retry_after: float | None = None  # back-off after a failure (rate limit, verification)
     last_error: str | None = None
     last_success: float | None = None
@@ -166,6 +167,7 @@ def from_json(data: dict[str, Any], where: str) -> State:
             install_record=data["install_record"],
             renew_after=data["renew_after"],
             ari_checked_at=data["ari_checked_at"],
+            ari_recheck_at=data.get("ari_recheck_at"),
             retry_after=data["retry_after"],
             last_error=data["last_error"],
             last_success=data["last_success"],

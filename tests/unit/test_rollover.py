@@ -163,3 +163,16 @@ def test_bootstrap_with_served_cert_ages_then_finishes() -> None:
     assert aged.phase is Phase.AGE
     assert rollover.decide(aged, NOW + 1, POLICY).wait_until == NOW + 20
     assert rollover.decide(aged, NOW + 20, POLICY).action is Action.FINISH
+
+
+def test_ari_window_is_asked_for_once_then_at_recheck_time() -> None:
+    policy = Policy(dane=True, margin=0, rollover_days=0, ari=True)
+    assert rollover.decide(steady(), NOW, policy).action is Action.CHECK_ARI
+    checked = steady(ari_recheck_at=NOW + 3600)
+    assert rollover.decide(checked, NOW, policy).done
+    assert rollover.decide(checked, NOW + 3600, policy).action is Action.CHECK_ARI
+
+
+def test_new_certificate_resets_the_ari_recheck() -> None:
+    state = steady(phase=Phase.VERIFY, operation=Operation.RENEW, ari_recheck_at=NOW + 99)
+    assert rollover.after_verify(state, NOW, NOW + 10).ari_recheck_at is None
