@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from startup import idle_host  # noqa: E402
+from startup import idle_host
 
 
 def timed(argv: list[str], runs: int) -> list[float]:
