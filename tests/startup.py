@@ -39,7 +39,7 @@ TSIG = 'key "certman" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0c2VjcmV0c2V
 
 
 def idle_host(directory: Path) -> Path:
-    """Write the config, the TSIG key file and a steady state with nothing due; return the config."""
+    """Write config, TSIG key file and a steady state with nothing due; return the config."""
     tsig = directory / "tsig.key"
     tsig.write_text(TSIG)
     config = directory / "certman.toml"
