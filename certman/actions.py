@@ -404,8 +404,12 @@ def _require_published(ctx: Context, cert: CertificateConfig, targets: dict[str,
             )
 
 
-def verify(ctx: Context, cert: CertificateConfig, state: State, attempts: int = 3) -> str | None:
-    """None when every endpoint serves the target keys and matches DNS; else what did not."""
+def verify(ctx: Context, cert: CertificateConfig, state: State, attempts: int = 5) -> str | None:
+    """None when every endpoint serves the new certificates and matches DNS; else what did not.
+
+    A renewal keeps the key, so matching the key alone would pass an smtpd still serving the old
+    certificate: the leaf's serial must be the one just installed too.
+    """
     from certman.probe import verify_live
 
     if cert.dane is None:
@@ -414,13 +418,41 @@ def verify(ctx: Context, cert: CertificateConfig, state: State, attempts: int = 
     expected = {KeyType(slot): k.spki_sha256 for slot, k in targets.items()}
     problems: list[str] = []
     for attempt in range(attempts):
-        results = verify_live(cert, resolvers=ctx.config.resolvers, expected=expected)
-        problems = [r.detail for r in results if not r.ok]
+        problems = _stale_certificates(cert, state)
+        if not problems:
+            results = verify_live(cert, resolvers=ctx.config.resolvers, expected=expected)
+            problems = [r.detail for r in results if not r.ok]
         if not problems:
             return None
         if attempt + 1 < attempts:
             ctx.sleep(1.0)  # smtpd processes started before the reload finish their session
     return "; ".join(problems)
+
+
+def _stale_certificates(cert: CertificateConfig, state: State) -> list[str]:
+    from certman.probe import fetch_chain
+
+    assert cert.dane is not None
+    dual = len(state.staged) > 1
+    problems = []
+    for port in cert.dane.ports:
+        for slot, info in state.staged.items():
+            where = f"{cert.dane.probe_address}:{port}" + (f" ({slot})" if dual else "")
+            try:
+                leaf = fetch_chain(
+                    cert.dane.probe_address,
+                    port,
+                    timeout=10.0,
+                    key_type=KeyType(slot) if dual else None,
+                    server_name=cert.dane.hosts[0],
+                )[0]
+            except CertmanError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            if f"{leaf.serial_number:x}" != info.serial:
+                served = f"{leaf.serial_number:x}"
+                problems.append(f"{where} still serves certificate {served}, not {info.serial}")
+    return problems
 
 
 def rollback(ctx: Context, cert: CertificateConfig, state: State) -> None:

@@ -90,11 +90,18 @@ def decide(state: State, now: float, policy: Policy, request: Operation | None =
 def _idle(state: State, now: float, policy: Policy, request: Operation | None) -> Step:
     if request is not None:
         return Step(Action.BEGIN, f"{request.value} requested", operation=request)
-    ari_due = state.ari_recheck_at is None or now >= state.ari_recheck_at
-    if policy.ari and state.certs and ari_due:
-        return Step(Action.CHECK_ARI, "ask the CA for its renewal window (RFC 9773)")
-    if not state.certs or (state.renew_after is not None and now >= state.renew_after):
+    if state.operation is Operation.ROLLOVER:  # rolled back earlier (after_rollback)
+        return Step(
+            Action.BEGIN, "retry the rolled-back key rollover", operation=Operation.ROLLOVER
+        )
+    if not state.certs or set(state.current) - set(state.certs):
+        # e.g. a dual RSA + ECDSA setup adopted from a host that served only one key type
+        return Step(Action.BEGIN, "a served key has no certificate yet", operation=Operation.RENEW)
+    if state.renew_after is not None and now >= state.renew_after:
         return Step(Action.BEGIN, "certificate renewal due", operation=Operation.RENEW)
+    ari_due = state.ari_recheck_at is None or now >= state.ari_recheck_at
+    if policy.ari and ari_due:
+        return Step(Action.CHECK_ARI, "ask the CA for its renewal window (RFC 9773)")
     if policy.dane and state.next and state.next_ready_at is None:
         # The next keys' records were never confirmed (e.g. a failed RETIRE): publish them.
         return Step(Action.BEGIN, "next key not yet published", operation=Operation.RETIRE)
@@ -209,9 +216,13 @@ def after_verify(state: State, now: float, renew_after: float | None) -> State:
 
 
 def after_rollback(state: State, now: float, error: str, policy: Policy) -> State:
+    """Back to the served key; a rolled-back key rollover stays pending (``operation`` ROLLOVER
+    in STEADY) and is retried after the back-off, as a failed renewal is (its ``renew_after``
+    stays due). After a COMPROMISED one the fresh next key is already published: promote it."""
+    rolling = (Operation.ROLLOVER, Operation.COMPROMISED)
     state = state.evolve(
         phase=Phase.STEADY,
-        operation=None,
+        operation=Operation.ROLLOVER if state.operation in rolling else None,
         staged={},
         install_record=None,
         last_error=error,

@@ -137,11 +137,13 @@ def site(testbed: Testbed, tmp_path: Path) -> Iterator[Site]:
 
 def test_a_matching_3_1_1_record_verifies_as_posttls_finger_agrees(site: Site) -> None:
     leaves = site.serve(EC)
+    # The A record goes in first: a lookup of the TLSA name makes the resolver cache NODATA for
+    # the host's A (an empty non-terminal until then) for the negative TTL (RFC 2308).
+    publish(site.testbed, site.host, [site.instance.address], rdtype="A")
     publish(site.testbed, site.tlsa_name, [tlsa_rdata(P311, leaves[EC].cert)])
     [result] = site.verify(leaves)
     assert result.ok, result.detail
     assert result.detail.startswith(f"{site.host} port 25 via 127.0.0.25:25: leaf key ")
-    publish(site.testbed, site.host, [site.instance.address], rdtype="A")
     verified, output = site.testbed.posttls_finger(site.host, site.instance.address)
     assert verified, output  # an independent DANE client (RFC 7672) says the same
 
@@ -151,11 +153,11 @@ def test_a_record_for_another_key_fails_with_a_clear_detail_as_posttls_finger_ag
 ) -> None:
     leaves = site.serve(EC)
     other = make_pki().leaf(site.host).key.public_key()
+    publish(site.testbed, site.host, [site.instance.address], rdtype="A")
     publish(site.testbed, site.tlsa_name, [key_rdata(P311, other)])
     [result] = site.verify(leaves)
     assert not result.ok
     assert result.detail.endswith(f"matches none of the 1 usable TLSA records at {site.tlsa_name}")
-    publish(site.testbed, site.host, [site.instance.address], rdtype="A")
     verified, output = site.testbed.posttls_finger(site.host, site.instance.address)
     assert not verified and "TLS" in output
 

@@ -66,15 +66,19 @@ def state_of(config: Path, name: str = "mx1") -> object:
     return CertDir.of(cfg.state_dir, name).load(name)
 
 
-@pytest.fixture
-def mx1(testbed: Testbed, tmp_path: Path) -> Path:
-    """A fresh host: mx1 serves the testbed's initial self-signed key, no TLSA RRset exists."""
-    pf = testbed.postfix["mx1"]
+def fresh_host(bed: Testbed, directory: Path, ttl: int = 3) -> Path:
+    """mx1 serves the testbed's initial self-signed key again and no TLSA RRset exists."""
+    pf = bed.postfix["mx1"]
     postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
     postfix.set({"smtpd_tls_chain_files": str(pf.initial_chain_file)})
     postfix.reload()
-    rfc2136(testbed).delete("_25._tcp.mx1.dane.test", "TLSA")
-    return write_config(testbed, tmp_path)
+    rfc2136(bed).delete("_25._tcp.mx1.dane.test", "TLSA")
+    return write_config(bed, directory, ttl=ttl)
+
+
+@pytest.fixture
+def mx1(testbed: Testbed, tmp_path: Path) -> Path:
+    return fresh_host(testbed, tmp_path)
 
 
 def test_bootstrap_publishes_then_serves_an_acme_certificate_verified_by_dane(
@@ -114,16 +118,22 @@ def test_rollover_keeps_dane_senders_delivering_throughout(testbed: Testbed, mx1
 
 
 def test_broken_early_swap_is_seen_by_the_prober_and_rolled_back(
-    testbed: Testbed, mx1: Path, monkeypatch: pytest.MonkeyPatch
+    testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A deliberately broken build: no 2 x TTL wait and no DNS gate before the swap."""
+    """A deliberately broken build: no 2 x TTL wait and no DNS gate before the swap.
+
+    TTL 10 here, and the resolver's cache refilled just before: the old RRset then stays cached
+    for the whole swap (about 2 s), as it would for real senders.
+    """
+    mx1 = fresh_host(testbed, tmp_path, ttl=10)
     bootstrap(testbed, mx1)
     served_before = served_spki(testbed, "mx1")
     monkeypatch.setattr("certman.state.TlsaProgress.wait_seconds", lambda self, margin: 0.0)
     monkeypatch.setattr(actions, "_require_published", lambda *args: None)
     prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address, interval=0.1)
+    testbed.unbound_control("flush", "_25._tcp.mx1.dane.test")
+    assert served_before in validated(testbed, "_25._tcp.mx1.dane.test")  # cached for 10 s now
     with prober.running():
-        time.sleep(1.0)  # the prober warms the resolver's cache with the current RRset
         with pytest.raises(VerificationError):
             from certman.engine import Context, advance
             from certman.state import Operation
@@ -160,7 +170,8 @@ def test_sigkill_at_each_phase_then_run_finishes_rollover(
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
-        assert old.spki_sha256 in published(testbed, "_25._tcp.mx1.dane.test")
+        if crash_at != "confirm":  # only the retirement (publish, then confirm) removes it
+            assert old.spki_sha256 in published(testbed, "_25._tcp.mx1.dane.test")
         assert main(["--config", str(mx1), "run", "--max-wait", "120"]) == 0
         assert main(["--config", str(mx1), "run", "--max-wait", "120"]) == 0
     after = state_of(mx1)

@@ -139,6 +139,39 @@ def test_rollback_keeps_keys_and_backs_off() -> None:
     assert step.wait_until == NOW + POLICY.retry_interval
 
 
+def test_rolled_back_rollover_is_retried_after_the_back_off() -> None:
+    for operation in (Operation.ROLLOVER, Operation.COMPROMISED):
+        state = steady(phase=Phase.ROLLBACK, operation=operation)
+        after = rollover.after_rollback(state, NOW, "mismatch", POLICY)
+        assert rollover.decide(after, NOW + 1, POLICY).wait_until == NOW + POLICY.retry_interval
+        step = rollover.decide(after, NOW + POLICY.retry_interval, POLICY)
+        assert (step.action, step.operation) == (Action.BEGIN, Operation.ROLLOVER)
+        begun = rollover.begin(after, Operation.ROLLOVER, NOW + POLICY.retry_interval, POLICY)
+        assert begun.phase is Phase.AGE  # the next key's record aged long ago
+        assert rollover.target_keys(begun) == state.next
+
+
+def test_rolled_back_renewal_leaves_nothing_pending() -> None:
+    state = steady(phase=Phase.ROLLBACK, operation=Operation.RENEW)
+    after = rollover.after_rollback(state, NOW, "mismatch", POLICY)
+    assert after.operation is None
+    assert rollover.decide(after, NOW + POLICY.retry_interval, POLICY).done
+
+
+def test_a_served_key_type_without_a_certificate_is_issued_one() -> None:
+    """Dual RSA + ECDSA adopted from a host serving only ECDSA: the RSA key needs a certificate
+    now, whatever the ECDSA certificate's renewal time or the CA's ARI window."""
+    rsa = KeyInfo(KeyInfo.make_id(KeyType.RSA2048, "f" * 64), KeyType.RSA2048, "f" * 64, NOW)
+    state = steady()
+    state = state.evolve(current={**state.current, "rsa2048": rsa})
+    policy = Policy(dane=True, margin=0, rollover_days=0, ari=True)
+    step = rollover.decide(state.evolve(ari_recheck_at=None), NOW, policy)
+    assert (step.action, step.operation) == (Action.BEGIN, Operation.RENEW)
+    assert (
+        rollover.target_keys(rollover.begin(state, Operation.RENEW, NOW, policy)) == state.current
+    )
+
+
 def test_failure_in_progress_backs_off_but_resumes_same_phase() -> None:
     state = steady(phase=Phase.ISSUE, operation=Operation.RENEW)
     failed = rollover.failed(state, NOW, "rate limited", NOW + 600)
@@ -176,3 +209,9 @@ def test_ari_window_is_asked_for_once_then_at_recheck_time() -> None:
 def test_new_certificate_resets_the_ari_recheck() -> None:
     state = steady(phase=Phase.VERIFY, operation=Operation.RENEW, ari_recheck_at=NOW + 99)
     assert rollover.after_verify(state, NOW, NOW + 10).ari_recheck_at is None
+
+
+def test_a_due_renewal_is_not_postponed_by_an_ari_check() -> None:
+    policy = Policy(dane=True, margin=0, rollover_days=0, ari=True)
+    step = rollover.decide(steady(renew_after=NOW - 1), NOW, policy)
+    assert step.operation is Operation.RENEW
