@@ -206,11 +206,45 @@ def cmd_dhparams(args: argparse.Namespace) -> int:
 
 
 def cmd_hook_certbot(args: argparse.Namespace) -> int:
-    from certman.certbot import deploy_hook
+    import os
+
+    from certman.certbot import deploy_hook, lineage_from
 
     cfg = _load(args)
-    for line in deploy_hook(_context(cfg), dry_run=args.dry_run):
+    lineage = lineage_from(args.lineage, os.environ)
+    for line in deploy_hook(_context(cfg), lineage, dry_run=args.dry_run):
         _say(line)
+    return 0
+
+
+def cmd_account_rollover(args: argparse.Namespace) -> int:
+    from certman.acme_account import rollover_account_key
+    from certman.config import KeyType
+
+    cfg = _load(args)
+    key_type = KeyType(args.key_type) if args.key_type else None
+    change = rollover_account_key(
+        cfg.acme, cfg.state_dir, key_type=key_type, sleep=time.sleep, clock=time.time, progress=_say
+    )
+    _say(f"account {change.account_url}: new key in {change.key_file}")
+    _say(f"  thumbprint {change.thumbprint}; the old key is kept in {change.old_key_file}")
+    return 0
+
+
+def cmd_account_deactivate(args: argparse.Namespace) -> int:
+    from certman.acme_account import deactivate_account
+
+    cfg = _load(args)
+    if not args.yes:
+        print(
+            f"certman: deactivating the ACME account at {cfg.acme.directory} cannot be undone "
+            "(RFC 8555 §7.3.6); add --yes to do it",
+            file=sys.stderr,
+        )
+        return 2
+    url = deactivate_account(cfg.acme, cfg.state_dir, sleep=time.sleep, clock=time.time)
+    _say(f"account {url}: deactivated; the CA refuses every request signed with its key now")
+    _say(f"  to issue again, move {cfg.acme.account_key} away: a new account is then registered")
     return 0
 
 
@@ -276,6 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dh.set_defaults(func=cmd_dhparams)
 
+    account = sub.add_parser("account", help="ACME account commands")
+    account_sub = account.add_subparsers(
+        dest="account_command", required=True, metavar="SUBCOMMAND"
+    )
+    key_types = [k.value for k in config_mod.KeyType]
+    account_roll = account_sub.add_parser(
+        "rollover", help="give the ACME account a new key (RFC 8555 §7.3.5)"
+    )
+    account_roll.add_argument(
+        "--key-type",
+        choices=key_types,
+        help="type of the new key (default: [acme] account_key_type)",
+    )
+    account_roll.set_defaults(func=cmd_account_rollover)
+    account_end = account_sub.add_parser(
+        "deactivate", help="deactivate the ACME account for good (RFC 8555 §7.3.6)"
+    )
+    account_end.add_argument("--yes", action="store_true", help="really deactivate it")
+    account_end.set_defaults(func=cmd_account_deactivate)
+
     hook = sub.add_parser("hook", help="hooks for other tools")
     hook_sub = hook.add_subparsers(dest="hook_command", required=True, metavar="HOOK")
     certbot = hook_sub.add_parser(
@@ -283,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certbot.add_argument(
         "--dry-run", action="store_true", help="say what would happen, change nothing"
+    )
+    certbot.add_argument(
+        "--lineage",
+        metavar="DIR",
+        help="certbot's live/NAME directory, to hand over again by hand "
+        "(default: $RENEWED_LINEAGE and $RENEWED_DOMAINS, as certbot sets them)",
     )
     certbot.set_defaults(func=cmd_hook_certbot)
     return parser

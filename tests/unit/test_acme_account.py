@@ -88,3 +88,34 @@ def test_forgetting_the_account_removes_the_cache(tmp_path: Path) -> None:
     forget_cached_account(tmp_path)
     forget_cached_account(tmp_path)
     assert read_cached_account(tmp_path, DIRECTORY) is None
+
+
+def test_a_deactivated_account_is_recorded_and_refused_before_asking_the_ca(
+    tmp_path: Path,
+) -> None:
+    from certman.acme_account import deactivated_account, ensure_account
+    from certman.errors import AcmeError
+
+    url = "https://127.0.0.14:14000/my-account/1"
+    save_cached_account(tmp_path, DIRECTORY, url, deactivated_at="2026-01-02T03:04:05Z")
+    assert read_cached_account(tmp_path, DIRECTORY) == url
+    assert deactivated_account(tmp_path, DIRECTORY) == "2026-01-02T03:04:05Z"
+    acme = _acme(tmp_path / "account.key")
+    with pytest.raises(AcmeError, match=r"deactivated on 2026-01-02T03:04:05Z.*account\.key away"):
+        ensure_account(None, acme, tmp_path, key_is_new=False, progress=print)  # type: ignore[arg-type]
+
+
+def test_an_active_account_has_no_deactivation_time(tmp_path: Path) -> None:
+    from certman.acme_account import deactivated_account
+
+    save_cached_account(tmp_path, DIRECTORY, "https://127.0.0.14:14000/my-account/1")
+    assert deactivated_account(tmp_path, DIRECTORY) is None
+    assert deactivated_account(tmp_path / "nothing", DIRECTORY) is None
+
+
+def test_key_files_of_a_key_change_sit_beside_the_account_key(tmp_path: Path) -> None:
+    from certman.acme_account import old_key_file, pending_key_file
+
+    acme = _acme(tmp_path / "acme" / "account.key")
+    assert pending_key_file(acme) == tmp_path / "acme" / "account.key.new"
+    assert old_key_file(acme) == tmp_path / "acme" / "account.key.old"
