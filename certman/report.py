@@ -172,11 +172,53 @@ def compromise_notice(state: State) -> str:
 
 
 def check_problems(cfg: Config) -> list[str]:
-    """What ``certman check`` reports: Postfix settings that do not point where they should."""
+    """What ``certman check`` reports: Postfix serving another key than certman's current one,
+    TLSA RRsets that validating resolvers do not return with the served key, stale DH files."""
     problems: list[str] = []
+    for cert in cfg.certificates.values():
+        problems += _certificate_problems(cfg, cert)
     if cfg.dhparams.mode is not DhMode.OFF:
         from certman import dhparams
         from certman.postfix import Postfix
 
         problems += dhparams.check(cfg.dhparams, Postfix(cfg.postfix), cfg.state_dir, time.time())
+    return problems
+
+
+def _certificate_problems(cfg: Config, cert: CertificateConfig) -> list[str]:
+    from certman import keys
+    from certman.errors import CertmanError
+    from certman.postfix import Postfix, served_keys
+    from certman.propagation import validated_rrset
+
+    state = _load_state(cfg, cert)
+    if state.phase is Phase.NEW:
+        return [f"{cert.name}: no state yet; run `certman run` to adopt what Postfix serves"]
+    problems = []
+    try:
+        served = served_keys(cert, Postfix(cfg.postfix))
+    except CertmanError as exc:
+        return [f"{cert.name}: {exc}"]
+    current = {k.spki_sha256 for k in state.current.values()}
+    for item in served:
+        key = keys.load_private_key(item.private_key_pem, item.source_path)
+        if keys.spki_sha256(key.public_key()) not in current:
+            problems.append(
+                f"{cert.name}: Postfix serves {item.source_path}, a key certman does not know "
+                "as current (changed by hand or by another tool?)"
+            )
+    if cert.dane is None or state.phase is not Phase.STEADY:
+        return problems
+    for name in cert.dane.tlsa_names():
+        try:
+            rrset = validated_rrset(name, "TLSA", cfg.resolvers, cfg.propagation.query_timeout)
+        except CertmanError as exc:
+            problems.append(f"{cert.name}: {exc}")
+            continue
+        digests = {r.split()[-1] for r in rrset.rdatas} if rrset else set()
+        for key_info in state.current.values():
+            if key_info.spki_sha256 not in digests:
+                problems.append(
+                    f"{cert.name}: {name} has no 3 1 1 record for the served key {key_info.id}"
+                )
     return problems

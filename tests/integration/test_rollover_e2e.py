@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from certgen import make_pki
 from helpers import Prober, write_config
 from testbed import Testbed
 
@@ -207,3 +208,59 @@ def test_second_concurrent_run_reports_the_lock_and_changes_nothing(
 def test_postfix_reload_runs_in_the_instance_directory(testbed: Testbed, mx1: Path) -> None:
     cfg = load(mx1)
     assert Postfix(cfg.postfix).get("myhostname")["myhostname"] == "mx1.dane.test"
+
+
+def test_status_tlsa_dry_run_and_check_describe_the_real_state(
+    testbed: Testbed, mx1: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap(testbed, mx1)
+    state = state_of(mx1)
+    current, nxt = state.current["ecdsa-p256"], state.next["ecdsa-p256"]  # type: ignore[attr-defined]
+    capsys.readouterr()
+    assert main(["--config", str(mx1), "tlsa", "mx1"]) == 0
+    zone_lines = capsys.readouterr().out.splitlines()
+    assert zone_lines == sorted(
+        f"_25._tcp.mx1.dane.test. 3 IN TLSA 3 1 1 {k.spki_sha256}" for k in (current, nxt)
+    )
+    assert main(["--config", str(mx1), "status", "mx1"]) == 0
+    status = capsys.readouterr().out
+    assert "phase steady" in status and current.id in status and nxt.id in status
+    before_state = CertDir.of(load(mx1).state_dir, "mx1").state_file.read_bytes()
+    before_dns = published(testbed, "_25._tcp.mx1.dane.test")
+    assert main(["--config", str(mx1), "rollover", "mx1", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "next key published and aged" in plan and "remove the old key's record" in plan
+    assert CertDir.of(load(mx1).state_dir, "mx1").state_file.read_bytes() == before_state
+    assert published(testbed, "_25._tcp.mx1.dane.test") == before_dns
+    assert main(["--config", str(mx1), "check"]) == 0
+    assert "check: OK" in capsys.readouterr().out
+    # Someone points Postfix at another key behind certman's back: check says so.
+    pki = make_pki()
+    leaf = pki.leaf("mx1.dane.test")
+    stray = mx1.parent / "stray.pem"
+    stray.write_bytes(leaf.key_pem + pki.fullchain_pem(leaf))
+    pf = testbed.postfix["mx1"]
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    postfix.set({"smtpd_tls_chain_files": str(stray)})
+    assert main(["--config", str(mx1), "check"]) == 1
+    assert "a key certman does not know as current" in capsys.readouterr().out
+
+
+def test_compromised_rollover_uses_a_fresh_key_and_says_how_long_the_old_one_lingers(
+    testbed: Testbed, mx1: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap(testbed, mx1)
+    before = state_of(mx1)
+    old, staged_next = before.current["ecdsa-p256"], before.next["ecdsa-p256"]  # type: ignore[attr-defined]
+    prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address)
+    with prober.running():
+        assert main(["--config", str(mx1), "rollover", "mx1", "--compromised"]) == 0
+    out = capsys.readouterr().out
+    assert "validating senders may still hold it until" in out
+    after = state_of(mx1)
+    new = after.current["ecdsa-p256"]  # type: ignore[attr-defined]
+    assert new.spki_sha256 not in {old.spki_sha256, staged_next.spki_sha256}
+    assert served_spki(testbed, "mx1") == new.spki_sha256
+    records = published(testbed, "_25._tcp.mx1.dane.test")
+    assert old.spki_sha256 not in records and staged_next.spki_sha256 not in records
+    assert prober.failures == []
