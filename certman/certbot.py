@@ -156,6 +156,16 @@ def classify(state: State, files: CertbotFiles) -> Verdict:
     return Verdict.NEW_KEY
 
 
+def settle(state: State) -> State:
+    """A certman renewal stuck before anything changed (phase ISSUE: the CA or certman's own ACME
+    setup failed, e.g. on a host where only certbot talks to the CA) gives way to certbot's
+    certificate, which is what it was waiting for; otherwise the hook and cron would block each
+    other for good."""
+    if state.phase is Phase.ISSUE and state.operation is Operation.RENEW:
+        return state.evolve(phase=Phase.STEADY, operation=None, staged={}, retry_after=None)
+    return state
+
+
 def check_ready(cert: CertificateConfig, state: State, files: CertbotFiles) -> None:
     """Refuse what the hook cannot take over safely; each message says what to do."""
     again = f"then run `certman hook certbot-deploy --lineage {files.lineage}`"
@@ -219,13 +229,13 @@ def deploy_hook(ctx: Context, lineage: Lineage, *, dry_run: bool) -> list[str]:
     cdir = CertDir.of(ctx.config.state_dir, cert.name)
     files = read_files(lineage.path)
     if dry_run:
-        state = cdir.load(cert.name)
+        state = settle(cdir.load(cert.name))
         check_ready(cert, state, files)
         verdict = classify(state, files)
         return [f"dry run: {cert.name}: certbot certificate {files.serial}: {WHAT[verdict]}"]
     # Wait for a running `certman run` rather than fail: certbot would never call us again.
     with cdir.lock(wait=True):
-        state = cdir.load(cert.name)
+        state = settle(cdir.load(cert.name))
         check_ready(cert, state, files)
         verdict = classify(state, files)
         line = f"{cert.name}: certbot certificate {files.serial}: {WHAT[verdict]}"

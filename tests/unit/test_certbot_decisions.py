@@ -18,6 +18,7 @@ from certman.certbot import (
     find_certificate,
     lineage_from,
     read_files,
+    settle,
     stage,
 )
 from certman.config import CertificateConfig, Config, DaneConfig, KeyType
@@ -221,3 +222,16 @@ def test_the_aged_next_key_goes_straight_to_its_age_check(tmp_path: Path) -> Non
     assert after.operation is Operation.ROLLOVER and after.phase is Phase.AGE
     assert after.tlsa.not_before == before.next_ready_at
     assert after.next == before.next
+
+
+def test_a_renewal_stuck_before_issuance_gives_way_to_certbot(tmp_path: Path) -> None:
+    cert = certificate_config(tmp_path)
+    files = files_for(tmp_path, PKI.leaf("mx1.dane.test"))
+    base = steady(key_info(files.spki_sha256), key_info("ef" * 32))
+    stuck = base.evolve(phase=Phase.ISSUE, operation=Operation.RENEW, retry_after=1e12)
+    settled = settle(stuck)
+    check_ready(cert, settled, files)
+    assert settled.phase is Phase.STEADY and settled.retry_after is None
+    assert classify(settled, files) is Verdict.RENEW
+    publishing = base.evolve(phase=Phase.ISSUE, operation=Operation.ROLLOVER)
+    assert settle(publishing) == publishing  # a rollover in flight is not abandoned
