@@ -108,6 +108,12 @@ def advance(
             ctx.progress(f"{cert.name}: {step.reason}")
             state, wait_until = _perform_guarded(ctx, cert, cdir, state, step, policy)
             cdir.save(state)
+            if step.action is Action.ROLLBACK:
+                # Saved first: the rolled-back STEADY state must not be overwritten by the
+                # failure path, which would leave the phase at ROLLBACK for every later run.
+                raise VerificationError(
+                    f"{cert.name}: {state.last_error}; previous certificate restored"
+                )
             if wait_until is not None:
                 state_wait = Step(None, step.reason, wait_until=wait_until)
                 if wait_until - ctx.clock() > max_wait:
@@ -173,6 +179,5 @@ def _perform(
         case Action.ROLLBACK:
             error = state.last_error or "verification failed"
             actions.rollback(ctx, cert, state)
-            cdir.save(rollover.after_rollback(state, ctx.clock(), error, policy))
-            raise VerificationError(f"{cert.name}: {error}; previous certificate restored")
+            return rollover.after_rollback(state, ctx.clock(), error, policy), None
     raise AssertionError(f"unhandled step {step}")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed import Testbed
+
+# posttls-finger options that make the server pick one certificate of a dual RSA + ECDSA setup:
+# TLS 1.2 with only that authentication in the cipher list (TLS 1.3 would pick by signature
+# algorithm, which posttls-finger cannot restrict).
+OFFER_RSA_ONLY = ("-p", "<=TLSv1.2", "-g", "high", "-o", "tls_high_cipherlist=aRSA")
+OFFER_ECDSA_ONLY = ("-p", "<=TLSv1.2", "-g", "high", "-o", "tls_high_cipherlist=aECDSA")
 
 
 def write_config(
@@ -21,10 +28,20 @@ def write_config(
     margin: float = 1.0,
     extra_cert: str = "",
     zone: str = "dane.test",
+    domains: Sequence[str] | None = None,
+    key_types: Sequence[str] = ("ecdsa-p256",),
+    dane_hosts: Sequence[str] | None = None,
 ) -> Path:
-    """A certman.toml for one Postfix instance of the testbed, DANE on port 25 with small TTLs."""
+    """A certman.toml for one Postfix instance of the testbed, DANE on port 25 with small TTLs.
+
+    ``domains`` defaults to the instance's host name, ``dane_hosts`` (the TLSA owner names'
+    hosts) to certman's default (the domains); several ``key_types`` make a dual setup.
+    """
     pf = bed.postfix[instance]
     host = pf.host if zone == "dane.test" else f"{instance}.{zone}"
+    names = json.dumps(list(domains or [host]))
+    kinds = json.dumps(key_types[0] if len(key_types) == 1 else list(key_types))
+    hosts = f"hosts = {json.dumps(list(dane_hosts))}" if dane_hosts else ""
     state = directory / "state"
     text = f"""
 [certman]
@@ -49,8 +66,8 @@ timeout = 60
 config_dir = "{pf.config_dir}"
 
 [certificates.{instance}]
-domains = ["{host}"]
-key_type = "ecdsa-p256"
+domains = {names}
+key_type = {kinds}
 {extra_cert}
 
 [certificates.{instance}.dane]
@@ -58,6 +75,7 @@ ports = [25]
 ttl = {ttl}
 margin = {margin}
 probe_address = "{pf.address}"
+{hosts}
 
 [certificates.{instance}.postfix]
 layout = "chain-files"
@@ -81,6 +99,7 @@ class Prober:
     host: str
     address: str
     interval: float = 0.2
+    options: tuple[str, ...] = ()  # extra posttls-finger options, e.g. OFFER_RSA_ONLY
     results: list[tuple[float, bool, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -90,7 +109,7 @@ class Prober:
 
     def run(self) -> None:
         while not self._stop.is_set():
-            ok, output = self.bed.posttls_finger(self.host, self.address)
+            ok, output = posttls_finger(self.bed, self.host, self.address, self.options)
             last = output.strip().splitlines()[-1] if output else ""
             self.results.append((time.time(), ok, last))
             self._stop.wait(self.interval)
@@ -104,3 +123,17 @@ class Prober:
         finally:
             self._stop.set()
             thread.join(30)
+
+
+def posttls_finger(
+    bed: Testbed, host: str, address: str, options: Sequence[str] = ()
+) -> tuple[bool, str]:
+    """``Testbed.posttls_finger`` with extra posttls-finger options (see OFFER_RSA_ONLY)."""
+    if not options:
+        return bed.posttls_finger(host, address)
+    proc = bed.run_in_netns(
+        ["posttls-finger", "-c", "-l", "dane", *options, f"[{host}]:25"],
+        env={"MAIL_CONFIG": str(bed.postfix_client_config)},
+    )
+    output = proc.stdout + proc.stderr
+    return f"Verified TLS connection established to {host}[{address}]:25" in output, output
