@@ -238,7 +238,7 @@ def test_two_hosts_sharing_a_tlsa_name_roll_over_at_once_without_losing_records(
     conflicts = sum(o.count("changed under us") for o in outputs)
     print(
         f"two rollovers at once: {took:.1f} s, {len(watch.samples)} samples, "
-        f"{conflicts} CAS retries"
+        f"{conflicts} CAS retries, probes {[len(p.results) for p in probers]}"
     )
 
 
@@ -345,6 +345,7 @@ def test_dual_rsa_and_ecdsa_certificates_are_issued_published_served_and_rolled_
     for prober in probers:
         assert len(prober.results) >= 10
         assert prober.failures == []
+    print(f"dual rollover: {len(records)} records, probes {[len(p.results) for p in probers]}")
 
 
 # -- 3. a renewal with the same key changes no DNS record -----------------------------------------
