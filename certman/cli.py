@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from certman import config as config_mod
+from certman.config import DhMode
 from certman.errors import CertmanError
 
 if TYPE_CHECKING:
@@ -142,8 +143,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_dhparams(cfg: Config, quiet: bool) -> int:
-    from certman.config import DhMode
-
     if cfg.dhparams.mode in (DhMode.OFF, DhMode.AUTO):
         return 0
     from certman import dhparams
@@ -155,9 +154,9 @@ def _run_dhparams(cfg: Config, quiet: bool) -> int:
         print(f"certman: dhparams: {exc}", file=sys.stderr, flush=True)
         return 1
     for line in report.lines():
-        if not quiet:
+        if not quiet or not report.ok:
             _say(f"dhparams: {line}")
-    return 0
+    return 0 if report.ok else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -167,6 +166,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for cert in _certificates(cfg, args.names):
         for line in status_lines(cfg, cert, time.time()):
             _say(line)
+    if not args.names and cfg.dhparams.mode is not DhMode.OFF:
+        from certman import dhparams
+
+        for line in dhparams.status(cfg.dhparams, cfg.state_dir, time.time()):
+            _say(f"dhparams: {line}")
     return 0
 
 
@@ -202,7 +206,7 @@ def cmd_dhparams(args: argparse.Namespace) -> int:
         report = dhparams.advance(cfg.dhparams, postfix, cfg.state_dir, time.time())
     for line in report.lines():
         _say(line)
-    return 0
+    return 0 if report.ok else 1
 
 
 def cmd_hook_certbot(args: argparse.Namespace) -> int:

@@ -110,7 +110,7 @@ def test_cron_run_during_a_pending_generation_returns_at_once(
     waited = time.monotonic() - start
     assert report.pending == (str(target),)
     assert "generation running for 60 min" in report.lines()[0]
-    assert started < 0.5 and waited < 0.2, (started, waited)
+    assert started < 0.5 and waited < 0.5, (started, waited)
 
 
 def test_killed_generation_leaves_the_old_file_alone_and_is_restarted(
@@ -124,7 +124,10 @@ def test_killed_generation_leaves_the_old_file_alone_and_is_restarted(
     started = advance(config, postfix, state_dir, NOW, settings=slow_settings(tmp_path))
     assert started.pending == (str(target),)
     job = load_state(state_dir).jobs[str(target)]
-    assert len(_workers_of(job.tmp, gone=False)) == 3  # the generator and its two workers
+    deadline = time.monotonic() + 5
+    while len(_workers_of(job.tmp, gone=False)) < 3:  # the generator and its two workers
+        assert time.monotonic() < deadline, "the generator did not start two workers"
+        time.sleep(0.02)
     os.kill(job.pid, signal.SIGKILL)
     wait_for_jobs(state_dir, timeout=5)
     assert not _workers_of(job.tmp)  # the workers died with it (PR_SET_PDEATHSIG)
