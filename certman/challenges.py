@@ -161,9 +161,10 @@ def _wait_published(
     wait_published(
         item.ours.name,
         "TXT",
-        item.served,
+        item.ours,
         zone=zone,
         min_serial=item.change.serial,
+        superset=True,
         timeout=propagation.timeout,
         interval=propagation.interval,
         min_wait=propagation.min_wait,

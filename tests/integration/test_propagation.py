@@ -258,3 +258,24 @@ def test_an_answer_without_ad_is_not_accepted_as_validated(testbed: Testbed) -> 
     with pytest.raises(DnsError) as caught:
         validated_rrset("mx1.dane.test", "A", (testbed.bind.primary,))
     assert "no AD bit" in str(caught.value) and testbed.bind.primary in str(caught.value)
+
+
+def test_superset_match_accepts_our_values_among_another_writers(testbed: Testbed) -> None:
+    """DNS-01 at a name several clients share: our TXT value among others counts as served."""
+    provider = bind_provider(testbed, "dane.test")
+    name = fresh("dane.test", prefix="_acme-challenge")
+    ours = RRset.of(name, "TXT", 60, ['"ours"'])
+    change = provider.replace(RRset.of(name, "TXT", 60, ['"ours"', '"theirs"']))
+    zone = find_zone(name, [testbed.resolver])
+    both = provider.read(name, "TXT")
+    deadline = time.monotonic() + 5
+    while not check_published(name, "TXT", both, zone=zone, min_serial=change.serial).published:
+        assert time.monotonic() < deadline, "not on both nameservers within 5 s"
+        time.sleep(0.05)
+    exact = check_published(name, "TXT", ours, zone=zone, min_serial=change.serial)
+    superset = check_published(
+        name, "TXT", ours, zone=zone, min_serial=change.serial, superset=True
+    )
+    assert not exact.published
+    assert superset.published
+    provider.delete(name, "TXT")
