@@ -13,7 +13,7 @@ from certman import keys, rollover
 from certman.config import CertificateConfig, KeyType
 from certman.errors import CertmanError, ConflictError, DnsError, PropagationTimeout
 from certman.fsutil import atomic_write, private_dir
-from certman.state import CertDir, CertInfo, KeyInfo, Operation, State, TlsaProgress
+from certman.state import CertDir, CertInfo, KeyInfo, Operation, Phase, State, TlsaProgress
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -165,6 +165,23 @@ def key_records(cert: CertificateConfig, cdir: CertDir, key_infos: list[KeyInfo]
     return records
 
 
+def issuer_records(cert: CertificateConfig, state: State, *, staged_only: bool = False) -> set[str]:
+    """Usage 2 (DANE-TA) records for the issuers of the served and staged chains (opt-in only:
+    they pin the CA's intermediate, which Let's Encrypt rotates; RFC 7671 §5.2)."""
+    from certman import tlsa
+
+    assert cert.dane is not None
+    params_list = [p for p in cert.dane.records if p.usage == 2]
+    infos = [*state.staged.values()] + ([] if staged_only else [*state.certs.values()])
+    records = set()
+    for info in infos if params_list else []:
+        chain = keys.load_pem_chain(Path(info.path).read_bytes(), info.path)
+        for params in params_list:
+            if len(chain) > 1:
+                records.add(tlsa.key_rdata(params, chain[1].public_key()))
+    return records
+
+
 def owned_records(cert: CertificateConfig, cdir: CertDir, state: State) -> set[str]:
     """Records of every key this certificate ever published (for retired keys: 3 1 1 at least)."""
     known = [*state.current.values(), *state.next.values(), *state.previous.values()]
@@ -182,8 +199,14 @@ def publish(ctx: Context, cert: CertificateConfig, state: State) -> tuple[TlsaPr
 
     assert cert.dane is not None
     cdir = CertDir.of(ctx.config.state_dir, cert.name)
-    wanted = key_records(cert, cdir, rollover.wanted_keys(state))
-    owned = owned_records(cert, cdir, state) - wanted
+    issuers = issuer_records(cert, state)
+    if issuers:
+        ctx.progress(
+            f"warning: {cert.name}: 2 1 x records pin the CA's intermediate; a CA that rotates "
+            "intermediates (Let's Encrypt does) makes every issuance wait for a new record"
+        )
+    wanted = key_records(cert, cdir, rollover.wanted_keys(state)) | issuers
+    owned = (owned_records(cert, cdir, state) | set(state.issuer_records)) - wanted
     provider = ctx.provider(cert.dane.provider)
     ttls_before, ttls_after, serials, zones, empty = [], [], [], set(), False
     for name in cert.dane.tlsa_names():
@@ -352,7 +375,9 @@ def check_ari(ctx: Context, cert: CertificateConfig, state: State) -> tuple[floa
 # -- install, verify, roll back -----------------------------------------------------------------
 
 
-def install(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) -> State:
+def install(
+    ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State
+) -> tuple[State, bool]:
     """Gate on DNS, plan the install (archive saved first), switch, reload.
 
     The plan (``InstallRecord``) is saved in the state before anything Postfix reads changes,
@@ -361,8 +386,19 @@ def install(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) 
     from certman import store
 
     targets = rollover.target_keys(state)
-    if cert.dane is not None:
-        _require_published(ctx, cert, targets)
+    if cert.dane is not None and state.install_record is None:
+        # Never serve what validating resolvers cannot see yet (RFC 7671 §8.1).
+        missing_keys, missing_issuers = _unpublished(ctx, cert, cdir, state)
+        if missing_keys:
+            raise CertmanError(
+                f"the validating resolver does not return {sorted(missing_keys)[0]}; "
+                "refusing to install a certificate DANE clients would reject"
+            )
+        if missing_issuers:
+            # The CA signed with an intermediate we have no 2 1 1 record for: publish it,
+            # let it age, then install the certificate already staged.
+            ctx.progress(f"{cert.name}: new issuer key; publishing its 2 1 x record first")
+            return state.evolve(phase=Phase.PUBLISH), False
     if state.install_record is None:
         bundles = []
         for slot, key in targets.items():
@@ -379,29 +415,28 @@ def install(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) 
     assert state.install_record is not None
     store.apply(store.InstallRecord.from_json(state.install_record), postfix=ctx.postfix)
     ctx.postfix.reload()
-    return state
+    return state, True
 
 
-def _require_published(ctx: Context, cert: CertificateConfig, targets: dict[str, KeyInfo]) -> None:
-    """Never serve a key that validating resolvers cannot yet see (RFC 7671 §8.1)."""
+def _unpublished(
+    ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State
+) -> tuple[set[str], set[str]]:
+    """(key records, issuer records) the install needs that validating resolvers do not return."""
     from certman.propagation import validated_rrset
 
     assert cert.dane is not None
+    need_keys = key_records(cert, cdir, list(rollover.target_keys(state).values()))
+    need_issuers = issuer_records(cert, state, staged_only=True)
+    missing_keys: set[str] = set()
+    missing_issuers: set[str] = set()
     for name in cert.dane.tlsa_names():
         rrset = validated_rrset(
             name, "TLSA", ctx.config.resolvers, ctx.config.propagation.query_timeout
         )
-        present = {r.split()[-1] for r in rrset.rdatas} if rrset else set()
-        for key in targets.values():
-            if (
-                f"3 1 1 {key.spki_sha256}" in (rrset.rdatas if rrset else set())
-                or key.spki_sha256 in present
-            ):
-                continue
-            raise CertmanError(
-                f"{name}: the validating resolver does not return a TLSA record for key {key.id}; "
-                "refusing to install a certificate DANE clients would reject"
-            )
+        served = rrset.rdatas if rrset else frozenset()
+        missing_keys |= {f"{name}: {r}" for r in need_keys - served}
+        missing_issuers |= need_issuers - served
+    return missing_keys, missing_issuers
 
 
 def verify(ctx: Context, cert: CertificateConfig, state: State, attempts: int = 5) -> str | None:

@@ -154,6 +154,8 @@ def _perform(
         case Action.PUBLISH:
             state = actions.ensure_next_keys(ctx, cert, cdir, state)
             progress, retired = actions.publish(ctx, cert, state)
+            issuers = tuple(sorted(actions.issuer_records(cert, state)))
+            state = state.evolve(issuer_records=issuers)
             return rollover.after_publish(state, progress, retired), None
         case Action.CONFIRM:
             confirmed = actions.confirm(ctx, cert, state)
@@ -169,8 +171,8 @@ def _perform(
             staged = actions.issue(ctx, cert, cdir, state)
             return rollover.after_issue(state, dict(staged)), None
         case Action.INSTALL:
-            state = actions.install(ctx, cert, cdir, state)
-            return state.evolve(phase=Phase.VERIFY), None
+            state, installed = actions.install(ctx, cert, cdir, state)
+            return (state.evolve(phase=Phase.VERIFY) if installed else state), None
         case Action.VERIFY:
             error = actions.verify(ctx, cert, state)
             if error is None:

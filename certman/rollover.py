@@ -178,8 +178,9 @@ def after_confirm(state: State, confirmed_at: float, policy: Policy) -> State:
     state = state.evolve(tlsa=tlsa, next_ready_at=not_before)
     # A bootstrap waits too: until then validating resolvers may hold "no TLSA" (RFC 2308), and
     # a renewal right after it must find the served key's record in every cache.
+    # So does a staged certificate whose issuer record was just published (opt-in 2 1 x).
     waits = (Operation.ROLLOVER, Operation.COMPROMISED, Operation.BOOTSTRAP)
-    if state.operation in waits:
+    if state.operation in waits or state.staged:
         return state.evolve(phase=Phase.AGE)
     return finish(state, confirmed_at, "records confirmed")
 

@@ -104,6 +104,7 @@ class State:
     next: dict[str, KeyInfo] = field(default_factory=dict)  # key type -> published next key
     previous: dict[str, KeyInfo] = field(default_factory=dict)  # served before the last swap
     retired: tuple[str, ...] = ()  # spki_sha256 of keys whose records we removed
+    issuer_records: tuple[str, ...] = ()  # the 2 1 x rdatas we published last (opt-in)
     certs: dict[str, CertInfo] = field(default_factory=dict)  # key type -> served certificate
     staged: dict[str, CertInfo] = field(default_factory=dict)  # key type -> issued, not served
     tlsa: TlsaProgress = field(default_factory=TlsaProgress)
@@ -160,6 +161,7 @@ def from_json(data: dict[str, Any], where: str) -> State:
             next=keys(data["next"]),
             previous=keys(data["previous"]),
             retired=tuple(data["retired"]),
+            issuer_records=tuple(data.get("issuer_records", ())),
             certs=certs(data["certs"]),
             staged=certs(data["staged"]),
             tlsa=TlsaProgress(**data["tlsa"]),

@@ -31,6 +31,7 @@ def write_config(
     domains: Sequence[str] | None = None,
     key_types: Sequence[str] = ("ecdsa-p256",),
     dane_hosts: Sequence[str] | None = None,
+    extra_dane: str = "",
 ) -> Path:
     """A certman.toml for one Postfix instance of the testbed, DANE on port 25 with small TTLs.
 
@@ -76,6 +77,7 @@ ttl = {ttl}
 margin = {margin}
 probe_address = "{pf.address}"
 {hosts}
+{extra_dane}
 
 [certificates.{instance}.postfix]
 layout = "chain-files"

@@ -21,13 +21,14 @@ from testbed import Testbed
 
 from certman import actions, keys
 from certman.cli import main
-from certman.config import PostfixConfig, load
+from certman.config import PostfixConfig, TlsaParams, load
 from certman.dns.provider import DnsProvider, ProviderContext, create_provider
 from certman.errors import VerificationError
 from certman.postfix import Postfix
 from certman.probe import fetch_chain
 from certman.propagation import validated_rrset
 from certman.state import CertDir, Phase
+from certman.tlsa import key_rdata as tlsa_key_rdata
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +131,7 @@ def test_broken_early_swap_is_seen_by_the_prober_and_rolled_back(
     bootstrap(testbed, mx1)
     served_before = served_spki(testbed, "mx1")
     monkeypatch.setattr("certman.state.TlsaProgress.wait_seconds", lambda self, margin: 0.0)
-    monkeypatch.setattr(actions, "_require_published", lambda *args: None)
+    monkeypatch.setattr(actions, "_unpublished", lambda *args: (set(), set()))
     prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address, interval=0.1)
     testbed.unbound_control("flush", "_25._tcp.mx1.dane.test")
     assert served_before in validated(testbed, "_25._tcp.mx1.dane.test")  # cached for 10 s now
@@ -264,3 +265,31 @@ def test_compromised_rollover_uses_a_fresh_key_and_says_how_long_the_old_one_lin
     records = published(testbed, "_25._tcp.mx1.dane.test")
     assert old.spki_sha256 not in records and staged_next.spki_sha256 not in records
     assert prober.failures == []
+
+
+def test_opt_in_issuer_records_are_published_verified_and_retired(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2 1 1 (DANE-TA, the intermediate's key) beside 3 1 1, as an explicit opt-in."""
+    fresh_host(testbed, tmp_path)
+    config = write_config(
+        testbed,
+        tmp_path,
+        extra_dane='records = ["3 1 1", "2 1 1"]\nallow_issuer_records = true',
+    )
+    bootstrap(testbed, config)
+    assert "2 1 x records pin the CA's intermediate" in capsys.readouterr().out
+    state = state_of(config)
+    served = fetch_chain(testbed.postfix["mx1"].address, 25, timeout=5)
+    issuer = tlsa_key_rdata(TlsaParams(2, 1, 1), served[1].public_key())
+    rrset = rfc2136(testbed).read("_25._tcp.mx1.dane.test", "TLSA")
+    assert rrset is not None and issuer in rrset.rdatas
+    assert state.issuer_records == (issuer,)  # type: ignore[attr-defined]
+    ok, output = testbed.posttls_finger("mx1.dane.test", testbed.postfix["mx1"].address)
+    assert ok, output
+    prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address)
+    with prober.running():
+        assert main(["--config", str(config), "rollover", "mx1"]) == 0
+    assert prober.failures == []
+    rrset = rfc2136(testbed).read("_25._tcp.mx1.dane.test", "TLSA")
+    assert rrset is not None and issuer in rrset.rdatas and len(rrset.rdatas) == 3

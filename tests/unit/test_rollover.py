@@ -215,3 +215,14 @@ def test_a_due_renewal_is_not_postponed_by_an_ari_check() -> None:
     policy = Policy(dane=True, margin=0, rollover_days=0, ari=True)
     step = rollover.decide(steady(renew_after=NOW - 1), NOW, policy)
     assert step.operation is Operation.RENEW
+
+
+def test_staged_certificate_waits_for_its_newly_published_issuer_record() -> None:
+    k = key("a")
+    state = steady(
+        phase=Phase.CONFIRM, operation=Operation.RENEW, staged={"ecdsa-p256": cert_for(k)}
+    )
+    state = state.evolve(tlsa=TlsaProgress(ttl_before=5, ttl_after=5))
+    aged = rollover.after_confirm(state, NOW, POLICY)
+    assert aged.phase is Phase.AGE
+    assert rollover.decide(aged, NOW + 20, POLICY).action is Action.ISSUE  # reuses the staged one
