@@ -207,6 +207,7 @@ def timed(action: Callable[[], object]) -> float:
     return time.monotonic() - began
 
 
+@pytest.mark.benchmark  # timings: run with `pytest -m benchmark`, not by make test
 def test_measure_reload_latency_and_the_main_cf_cool_down(mx1: Mx) -> None:
     """Figures for the report; the bounds only catch a regression by an order of magnitude.
 
