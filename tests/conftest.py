@@ -7,6 +7,7 @@ start fails the session: integration tests never skip.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from testbed import Testbed, enter_netns, start_testbed, stop_testbed
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI time-out, a killed make) tears the testbed down like Ctrl-C does."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")
