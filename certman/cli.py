@@ -93,7 +93,8 @@ def _report_outcome(outcome: Outcome) -> None:
         resume = _stamp(outcome.wait_until)
         _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}; resume after {resume}")
     else:
-        _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}")
+        due = f"; renewal due {_stamp(state.renew_after)}" if state.renew_after else ""
+        _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}{due}")
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
