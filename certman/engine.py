@@ -141,7 +141,7 @@ def _perform_guarded(
 def _perform(
     ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, step: Step, policy: Policy
 ) -> tuple[State, float | None]:
-    from certman import actions
+    from certman import actions, deploy
 
     now = ctx.clock()
     match step.action:
@@ -171,15 +171,15 @@ def _perform(
             staged = actions.issue(ctx, cert, cdir, state)
             return rollover.after_issue(state, dict(staged)), None
         case Action.INSTALL:
-            state, installed = actions.install(ctx, cert, cdir, state)
+            state, installed = deploy.install(ctx, cert, cdir, state)
             return (state.evolve(phase=Phase.VERIFY) if installed else state), None
         case Action.VERIFY:
-            error = actions.verify(ctx, cert, state)
+            error = deploy.verify(ctx, cert, state)
             if error is None:
                 return rollover.after_verify(state, now, actions.renew_after(cert, state)), None
             return state.evolve(phase=Phase.ROLLBACK, last_error=error), None
         case Action.ROLLBACK:
             error = state.last_error or "verification failed"
-            actions.rollback(ctx, cert, state)
+            deploy.rollback(ctx, cert, state)
             return rollover.after_rollback(state, ctx.clock(), error, policy), None
     raise AssertionError(f"unhandled step {step}")

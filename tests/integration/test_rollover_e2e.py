@@ -19,7 +19,7 @@ from certgen import make_pki
 from helpers import Prober, write_config
 from testbed import Testbed
 
-from certman import actions, keys
+from certman import deploy, keys
 from certman.cli import main
 from certman.config import PostfixConfig, TlsaParams, load
 from certman.dns.provider import DnsProvider, ProviderContext, create_provider
@@ -131,7 +131,7 @@ def test_broken_early_swap_is_seen_by_the_prober_and_rolled_back(
     bootstrap(testbed, mx1)
     served_before = served_spki(testbed, "mx1")
     monkeypatch.setattr("certman.state.TlsaProgress.wait_seconds", lambda self, margin: 0.0)
-    monkeypatch.setattr(actions, "_unpublished", lambda *args: (set(), set()))
+    monkeypatch.setattr(deploy, "_unpublished", lambda *args: (set(), set()))
     prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address, interval=0.1)
     testbed.unbound_control("flush", "_25._tcp.mx1.dane.test")
     assert served_before in validated(testbed, "_25._tcp.mx1.dane.test")  # cached for 10 s now
