@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from certman import rollover
-from certman.config import CertificateConfig, Config, DhMode
+from certman.config import CertificateConfig, Config, DhMode, ProviderConfig
+from certman.dns.provider import BUILTIN_PROVIDERS
 from certman.state import CertDir, KeyInfo, Phase, State
 from certman.tomlreader import Secret
 
@@ -33,11 +34,23 @@ def _value(value: Any) -> str:
 
 
 def _walk(prefix: str, obj: Any) -> Iterator[str]:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type | Secret):
+    if isinstance(obj, ProviderConfig):
+        # Built-in providers declare their secrets repr=False; options of a third-party provider
+        # may not, so they are not shown at all.
+        yield f"{prefix}.type = {obj.type!r}"
+        if obj.type in BUILTIN_PROVIDERS:
+            yield from _walk(f"{prefix}.options", obj.options)
+        else:
+            yield f"{prefix}.options = <not shown: options of a third-party provider>"
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type | Secret):
         for f in dataclasses.fields(obj):
-            if f.name in ("path", "name") and prefix.count(".") >= 1 and f.name == "name":
+            if f.name == "name" and getattr(obj, "name", None) == prefix.rsplit(".", 1)[-1]:
+                continue  # already the last part of the key path
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            if not f.repr:  # secrets are declared repr=False (TSIG secret, API key, ...)
+                yield f"{key} = <redacted>"
                 continue
-            yield from _walk(f"{prefix}.{f.name}" if prefix else f.name, getattr(obj, f.name))
+            yield from _walk(key, getattr(obj, f.name))
     elif isinstance(obj, dict):
         for key, item in obj.items():
             yield from _walk(f"{prefix}.{key}", item)
