@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +89,18 @@ directory = "{directory / "postfix-files"}"
     return path
 
 
+@contextmanager
+def in_background(run: Callable[[], None], stop: threading.Event) -> Iterator[None]:
+    """Run ``run`` in a thread for the ``with`` block; ``stop`` tells it to finish."""
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
 @dataclass
 class Prober:
     """Checks the live Postfix against the validating resolver every ``interval`` seconds.
@@ -118,13 +130,8 @@ class Prober:
 
     @contextmanager
     def running(self) -> Iterator[Prober]:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        try:
+        with in_background(self.run, self._stop):
             yield self
-        finally:
-            self._stop.set()
-            thread.join(30)
 
 
 def posttls_finger(

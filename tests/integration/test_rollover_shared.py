@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import OFFER_ECDSA_ONLY, OFFER_RSA_ONLY, Prober, posttls_finger, write_config
+from helpers import (
+    OFFER_ECDSA_ONLY,
+    OFFER_RSA_ONLY,
+    Prober,
+    in_background,
+    posttls_finger,
+    write_config,
+)
 from testbed import Testbed
 
 from certman import actions, keys
@@ -148,13 +155,8 @@ class RRsetWatch:
 
     @contextmanager
     def running(self) -> Iterator[RRsetWatch]:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        try:
+        with in_background(self.run, self._stop):
             yield self
-        finally:
-            self._stop.set()
-            thread.join(30)
 
 
 @pytest.fixture
