@@ -193,8 +193,14 @@ def owned_records(cert: CertificateConfig, cdir: CertDir, state: State) -> set[s
     )
 
 
-def publish(ctx: Context, cert: CertificateConfig, state: State) -> tuple[TlsaProgress, set[str]]:
-    """Compare-and-swap our records into every TLSA RRset; other hosts' records stay."""
+def publish(
+    ctx: Context, cert: CertificateConfig, state: State
+) -> tuple[TlsaProgress, set[str], set[str]]:
+    """Compare-and-swap our records into every TLSA RRset; other hosts' records stay.
+
+    Returns the timing facts, the key digests whose records went away, and the issuer (2 1 x)
+    records now published.
+    """
     from certman.propagation import find_zone
 
     assert cert.dane is not None
@@ -233,7 +239,7 @@ def publish(ctx: Context, cert: CertificateConfig, state: State) -> tuple[TlsaPr
         name_was_empty=empty,
     )
     spkis = {r.split()[-1] for r in owned if r.startswith("3 1 1 ")}
-    return progress, spkis
+    return progress, spkis, issuers
 
 
 def _swap_records(

@@ -153,9 +153,8 @@ def _perform(
             return rollover.begin(state, step.operation, now, policy), None
         case Action.PUBLISH:
             state = actions.ensure_next_keys(ctx, cert, cdir, state)
-            progress, retired = actions.publish(ctx, cert, state)
-            issuers = tuple(sorted(actions.issuer_records(cert, state)))
-            state = state.evolve(issuer_records=issuers)
+            progress, retired, issuers = actions.publish(ctx, cert, state)
+            state = state.evolve(issuer_records=tuple(sorted(issuers)))
             return rollover.after_publish(state, progress, retired), None
         case Action.CONFIRM:
             confirmed = actions.confirm(ctx, cert, state)
