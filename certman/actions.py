@@ -270,8 +270,13 @@ def _swap_records(
 
 
 def confirm(ctx: Context, cert: CertificateConfig, state: State) -> float | None:
-    """One round: the confirmation time when every nameserver serves our RRsets, else None."""
-    from certman.propagation import check_published, find_zone
+    """One round: the confirmation time when every nameserver serves our RRsets, else None.
+
+    With ``[propagation] validate`` the names must also validate through the resolvers (AD bit,
+    RFC 4035 §3.2.3): a broken chain of trust is reported now, not after the 2 x TTL wait.
+    The data may still be the old RRset there (caches), which the wait is for.
+    """
+    from certman.propagation import check_published, find_zone, validated_rrset
 
     assert cert.dane is not None
     provider = ctx.provider(cert.dane.provider)
@@ -287,6 +292,9 @@ def confirm(ctx: Context, cert: CertificateConfig, state: State) -> float | None
             lagging.append(report.summary())
     now = ctx.clock()
     if not lagging:
+        if ctx.config.propagation.validate:
+            for name in cert.dane.tlsa_names():
+                validated_rrset(name, "TLSA", ctx.config.resolvers, timeout)
         return now
     written = state.tlsa.written_at or now
     if now - written > ctx.config.propagation.timeout:

@@ -46,6 +46,15 @@ def published(bed: Testbed, name: str) -> set[str]:
     return {r.split()[-1] for r in rrset.rdatas} if rrset else set()
 
 
+def primary_tlsa(bed: Testbed, name: str) -> list[str]:
+    """The TLSA rdatas the primary serves, asked directly (no resolver, no zone lookup)."""
+    import dns.message
+    import dns.query
+
+    answer = dns.query.udp(dns.message.make_query(name, "TLSA"), bed.bind.primary, timeout=3)
+    return sorted(str(rdata) for rrset in answer.answer for rdata in rrset)
+
+
 def validated(bed: Testbed, name: str) -> set[str]:
     rrset = validated_rrset(name, "TLSA", [bed.resolver])
     return {r.split()[-1] for r in rrset.rdatas} if rrset else set()
@@ -293,3 +302,23 @@ def test_opt_in_issuer_records_are_published_verified_and_retired(
     assert prober.failures == []
     rrset = rfc2136(testbed).read("_25._tcp.mx1.dane.test", "TLSA")
     assert rrset is not None and issuer in rrset.rdatas and len(rrset.rdatas) == 3
+
+
+def test_a_zone_that_does_not_validate_stops_the_rollout_before_any_change(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """broken.test is signed, but the resolver's trust anchor for it is wrong: SERVFAIL. DANE
+    cannot work there, so certman says so in one line and publishes nothing."""
+    fresh_host(testbed, tmp_path)
+    config = write_config(testbed, tmp_path, zone="broken.test")
+    before = primary_tlsa(testbed, "_25._tcp.mx1.broken.test")
+    assert before  # the testbed put one record there
+    assert main(["--config", str(config), "run", "--max-wait", "30"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "resolver 127.0.0.53" in err[0] and "_25._tcp.mx1.broken.test" in err[0]
+    assert "SERVFAIL" in err[0]
+    state = state_of(config)
+    assert state.phase is Phase.PUBLISH and state.last_error  # type: ignore[attr-defined]
+    assert primary_tlsa(testbed, "_25._tcp.mx1.broken.test") == before  # nothing was written
+    assert served_spki(testbed, "mx1") == state.current["ecdsa-p256"].spki_sha256  # type: ignore[attr-defined]
