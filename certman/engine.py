@@ -175,7 +175,8 @@ def _perform(
         case Action.VERIFY:
             error = deploy.verify(ctx, cert, state)
             if error is None:
-                return rollover.after_verify(state, now, actions.renew_after(cert, state)), None
+                renew = actions.renew_after(cert, state)
+                return rollover.after_verify(state, now, renew, policy.margin), None
             return state.evolve(phase=Phase.ROLLBACK, last_error=error), None
         case Action.ROLLBACK:
             error = state.last_error or "verification failed"

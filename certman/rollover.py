@@ -71,9 +71,16 @@ def decide(state: State, now: float, policy: Policy, request: Operation | None =
     if state.phase is Phase.AGE:
         not_before = state.tlsa.not_before or now
         if now < not_before:
-            return Step(None, "waiting for cached TLSA answers to expire", wait_until=not_before)
+            reason = (
+                "waiting for smtpd processes started before the reload to finish"
+                if state.operation is Operation.RETIRE
+                else "waiting for cached TLSA answers to expire"
+            )
+            return Step(None, reason, wait_until=not_before)
         if state.operation is Operation.BOOTSTRAP and state.certs:
             return Step(Action.FINISH, "records aged on every resolver")
+        if state.operation is Operation.RETIRE:
+            return Step(Action.PUBLISH, "retire the old key's record, publish a new next key")
         return Step(Action.ISSUE, "records aged on every resolver")
     phase_action = {
         Phase.PUBLISH: (Action.PUBLISH, "publish TLSA records"),
@@ -193,8 +200,13 @@ def after_install(state: State, record: str) -> State:
     return state.evolve(phase=Phase.VERIFY, install_record=record)
 
 
-def after_verify(state: State, now: float, renew_after: float | None) -> State:
-    """The live server serves the target keys and matches DNS: make them current."""
+def after_verify(state: State, now: float, renew_after: float | None, grace: float = 0.0) -> State:
+    """The live server serves the target keys and matches DNS: make them current.
+
+    The old key's record goes ``grace`` seconds later: smtpd processes started before the
+    reload may still take a connection or two with the old key until they notice it (seen on
+    the testbed within a second of the reload), and its record must outlive them.
+    """
     state = state.evolve(
         certs={**state.certs, **state.staged},
         staged={},
@@ -210,7 +222,8 @@ def after_verify(state: State, now: float, renew_after: float | None) -> State:
             next={},
             next_ready_at=None,
             operation=Operation.RETIRE,
-            phase=Phase.PUBLISH,
+            phase=Phase.AGE,
+            tlsa=TlsaProgress(not_before=now + grace),
         )
         return state.note(now, "new key live and verified; retiring the old key's record")
     return finish(state, now, "certificate live and verified")

@@ -1,7 +1,8 @@
 """Run certman and SIGKILL it right after it saved the state at a given phase boundary.
 
 Usage: crashing_certman.py PHASE CERTMAN-ARGS...  ``install-planned`` kills it after the install
-plan was saved but before the files were switched. Test-only: certman itself has no such hook.
+plan was saved but before the files were switched; ``retire-wait`` after the new key was verified,
+before the old key's record goes. Test-only: certman itself has no such hook.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ original_save = state_mod.CertDir.save
 def save_then_die(self: state_mod.CertDir, state: state_mod.State) -> None:
     original_save(self, state)
     planned = state.phase is state_mod.Phase.INSTALL and state.install_record is not None
-    if state.phase.value == CRASH_AT or (CRASH_AT == "install-planned" and planned):
+    retiring = state.phase is state_mod.Phase.AGE and state.operation is state_mod.Operation.RETIRE
+    if (
+        state.phase.value == CRASH_AT
+        or (CRASH_AT == "install-planned" and planned)
+        or (CRASH_AT == "retire-wait" and retiring)
+    ):
         if CRASH_AT == "install" and planned:
             return
         os.kill(os.getpid(), signal.SIGKILL)

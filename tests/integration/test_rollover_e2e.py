@@ -159,7 +159,7 @@ def test_broken_early_swap_is_seen_by_the_prober_and_rolled_back(
     assert served_spki(testbed, "mx1") == served_before  # rolled back
 
 
-CRASH_POINTS = ["age", "install", "install-planned", "verify", "publish", "confirm"]
+CRASH_POINTS = ["age", "install", "install-planned", "verify", "retire-wait", "confirm"]
 
 
 @pytest.mark.parametrize("crash_at", CRASH_POINTS)

@@ -108,11 +108,14 @@ def test_retire_confirm_finishes_without_waiting() -> None:
 def test_verified_rollover_promotes_next_and_retires_old() -> None:
     state = steady(phase=Phase.VERIFY, operation=Operation.ROLLOVER)
     old_current, old_next = state.current, state.next
-    after = rollover.after_verify(state, NOW, NOW + 10)
+    after = rollover.after_verify(state, NOW, NOW + 10, grace=5.0)
     assert after.current == old_next
     assert after.previous == old_current
     assert after.next == {}
-    assert (after.phase, after.operation) == (Phase.PUBLISH, Operation.RETIRE)
+    assert (after.phase, after.operation) == (Phase.AGE, Operation.RETIRE)
+    # The old record outlives smtpd processes started before the reload.
+    assert rollover.decide(after, NOW + 1, POLICY).wait_until == NOW + 5
+    assert rollover.decide(after, NOW + 5, POLICY).action is Action.PUBLISH
 
 
 def test_old_record_stays_wanted_until_retire_publishes() -> None:
