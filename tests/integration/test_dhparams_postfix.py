@@ -4,7 +4,7 @@ pending 4096-bit generation.
 
 Real generation here is 512-bit (``GeneratorSettings.min_bits``); the one 4096-bit search is
 killed as soon as the cron run has been timed (TESTBED-NOTES 13). Each test puts mx1's main.cf
-back (backdated, TESTBED-NOTES 16) and reloads.
+back (tests/conftest.py: backdated, TESTBED-NOTES 16) and reloads.
 """
 
 from __future__ import annotations
@@ -73,8 +73,6 @@ def backdate(path: Path, seconds: float = 10) -> None:
 @pytest.fixture
 def mx1(testbed: Testbed, tmp_path: Path) -> Iterator[Mx]:
     instance = testbed.postfix["mx1"]
-    main_cf = instance.config_dir / "main.cf"
-    saved = main_cf.read_bytes()
     postfix = Postfix(PostfixConfig(instance.config_dir, "postconf", "postfix", None))
     directory = tmp_path / "dh"
     directory.mkdir()
@@ -83,11 +81,9 @@ def mx1(testbed: Testbed, tmp_path: Path) -> Iterator[Mx]:
     try:
         yield mx
     finally:
+        # main.cf comes back through tests/conftest.py's restore_postfix.
         for job in load_state(mx.state).jobs.values():
             dhgen.stop(job.pid, Path(job.tmp))
-        main_cf.write_bytes(saved)
-        backdate(main_cf)
-        postfix.reload()
 
 
 def test_generated_file_is_what_postfix_points_at_and_postfix_reloads(mx1: Mx) -> None:

@@ -1,6 +1,6 @@
 """store + postfix + probe against the testbed's real Postfix mx1 (127.0.0.25).
 
-Each test leaves mx1 as it found it: main.cf is put back (backdated, see TESTBED-NOTES gotcha 16)
+Each test leaves mx1 as it found it: main.cf is put back by tests/conftest.py (backdated, see TESTBED-NOTES gotcha 16)
 and Postfix reloaded.
 """
 
@@ -73,17 +73,10 @@ def backdate(path: Path, seconds: float = 10) -> None:
 
 @pytest.fixture
 def mx1(testbed: Testbed, tmp_path: Path) -> Iterator[Mx]:
+    # main.cf comes back through tests/conftest.py's restore_postfix.
     instance = testbed.postfix["mx1"]
-    main_cf = instance.config_dir / "main.cf"
-    saved = main_cf.read_bytes()
     postfix = Postfix(PostfixConfig(instance.config_dir, "postconf", "postfix", None))
-    directory = tmp_path / "certs"
-    try:
-        yield Mx(instance, postfix, make_pki(), directory, tmp_path / "state")
-    finally:
-        main_cf.write_bytes(saved)
-        backdate(main_cf)
-        postfix.reload()
+    yield Mx(instance, postfix, make_pki(), tmp_path / "certs", tmp_path / "state")
 
 
 def wait_for_leaf(mx: Mx, want: x509.Certificate, kind: KeyType | None = None) -> float:
