@@ -1,7 +1,7 @@
 """store + postfix + probe against the testbed's real Postfix mx1 (127.0.0.25).
 
-Each test leaves mx1 as it found it: main.cf is put back by tests/conftest.py (backdated, see TESTBED-NOTES gotcha 16)
-and Postfix reloaded.
+Each test leaves mx1 as it found it: tests/conftest.py puts main.cf back (backdated, see
+TESTBED-NOTES gotcha 16) and reloads Postfix.
 """
 
 from __future__ import annotations
