@@ -69,7 +69,8 @@ def parse_tsig_key(text: str, source: str, wanted: str | None = None) -> TsigKey
     With several ``key`` blocks, ``wanted`` picks one by name. Raises ValueError with a message
     that never contains the secret.
     """
-    text = re.sub(r"(#|//)[^\n]*", "", text)
+    # Drop # and // comments, but not inside quotes: a base64 secret may well contain "//".
+    text = re.sub(r'"[^"]*"|(?:#|//)[^\n]*', lambda m: m[0] if m[0].startswith('"') else "", text)
     blocks = _KEY_BLOCK.findall(text)
     if blocks:
         if wanted is not None:

@@ -98,3 +98,15 @@ def test_config_errors_name_file_and_key(tmp_path: Path, monkeypatch: pytest.Mon
 def test_constructing_the_provider_does_no_network_io() -> None:
     provider = Rfc2136Provider("bind", Rfc2136Options(server="192.0.2.1"), ProviderContext())
     assert provider.name == "bind"
+
+
+def test_a_secret_containing_double_slashes_is_not_taken_for_a_comment() -> None:
+    """Base64 secrets contain "//" often enough (seen in a testbed run); only comments go."""
+    text = (
+        'key "certman-key" { // made by tsig-keygen\n'
+        "\talgorithm hmac-sha256; # sha256\n"
+        '\tsecret "NWlpfEbAwKqU/3LiETjkCblFTwRkHnGDUyW7k//z7TU=";\n};\n'
+    )
+    key = parse_tsig_key(text, "file:/etc/certman/tsig.key")
+    assert key.name == "certman-key" and key.algorithm == "hmac-sha256"
+    assert key.secret == "NWlpfEbAwKqU/3LiETjkCblFTwRkHnGDUyW7k//z7TU="
