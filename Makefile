@@ -22,6 +22,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check certman tests contrib hooks
 	$(VENV)/bin/ruff format --check certman tests
+	$(VENV)/bin/lint-imports
 
 types: $(STAMP)
 	$(VENV)/bin/mypy

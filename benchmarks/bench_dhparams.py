@@ -8,7 +8,7 @@ Standalone (not run by the test suite; it takes minutes of CPU):
 
 For each size it times, alternating so that machine load hits every variant alike:
   - ``openssl dhparam -out F BITS``, one process (what a cron one-liner does);
-  - ``certman.dhgen.generate`` with 1 worker and with ``--workers`` workers (first valid result
+  - ``certman.dh.gen.generate`` with 1 worker and with ``--workers`` workers (first valid result
     wins, the others are killed), including certman's own safe-prime validation;
 and the validation alone: certman's Python check (Miller-Rabin on q, Pocklington on p) versus
 ``openssl dhparam -check``. Figures are wall-clock seconds; medians over ``--runs`` runs.
@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from certman.dhgen import GeneratorSettings, generate
-from certman.dhgroups import is_safe_prime, parse_pem
+from certman.dh.gen import GeneratorSettings, generate
+from certman.dh.groups import is_safe_prime, parse_pem
 
 
 def time_openssl(bits: int, out: Path, openssl: str) -> float:

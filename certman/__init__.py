@@ -1,0 +1,1 @@
+"""certman: certificate and DANE (TLSA) lifecycle manager for Postfix."""

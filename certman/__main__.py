@@ -1,5 +1,7 @@
+"""``python -m certman``: the same as the ``certman`` command."""
+
 import sys
 
-from certman.cli import main
+from certman.cli.main import main
 
 sys.exit(main())

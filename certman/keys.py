@@ -6,9 +6,9 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certman.config import KeyType
 from certman.errors import CertmanError
 from certman.fsutil import atomic_write
+from certman.model import KeyType
 
 if TYPE_CHECKING:
     from cryptography import x509

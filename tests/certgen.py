@@ -14,15 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import NameOID
 
-from certman.config import (
-    CertificateConfig,
-    Challenge,
-    DaneConfig,
-    InstallConfig,
-    KeyType,
-    Layout,
-)
+from certman.config.schema import CertificateConfig, Challenge, DaneConfig, InstallConfig, Layout
 from certman.keys import generate_key, private_key_pem
+from certman.model import KeyType
 
 
 def _name(cn: str) -> x509.Name:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certman.config import PostfixConfig
+from certman.config.schema import PostfixConfig
 
 DEFAULTS = {
     "smtpd_tls_chain_files": "",

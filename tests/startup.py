@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from certman.config import KeyType
-from certman.state import CertDir, CertInfo, KeyInfo, Phase, State
+from certman.lifecycle.state import Phase, State
+from certman.lifecycle.statefile import CertDir
+from certman.model import CertInfo, KeyInfo, KeyType
 
 CONFIG = """
 [certman]

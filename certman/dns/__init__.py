@@ -1,0 +1,1 @@
+"""DNS: the provider contract, zone discovery, propagation checks, and the providers themselves."""

@@ -1,9 +1,9 @@
 """The DNS provider contract: whole RRsets in one zone, every method idempotent.
 
 A provider writes and reads RRsets; it does not decide when a record is "published" (that is
-``certman.propagation``'s job, the same for every provider). Built-in providers are found by name;
-third-party ones register under the entry-point group ``certman.dns_providers`` with a class that
-has ``parse_options(section)`` and a constructor ``(name, options, context)``.
+``certman.dns.propagation``'s job, the same for every provider). Built-in providers are found by
+name; third-party ones register under the entry-point group ``certman.dns_providers`` with a
+class that has ``parse_options(section)`` and a constructor ``(name, options, context)``.
 
 Constructors must stay cheap: no network, no SDK client (build those on first use), so that a cron
 run with nothing to do never pays for them.
@@ -11,24 +11,14 @@ run with nothing to do never pays for them.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from certman.errors import ConfigError
+from certman.plugins import load_provider_class
 
 if TYPE_CHECKING:
-    from certman.tomlreader import Section
-
-ENTRY_POINT_GROUP = "certman.dns_providers"
-
-BUILTIN_PROVIDERS = {
-    "rfc2136": ("certman.dns.rfc2136", "Rfc2136Provider", None),
-    "route53": ("certman.dns.route53", "Route53Provider", "route53"),
-    "powerdns": ("certman.dns.powerdns", "PowerDnsProvider", None),
-    "exec": ("certman.dns.exec_provider", "ExecProvider", None),
-}
+    from certman.config.toml import Section
 
 
 def canonical_name(name: str) -> str:
@@ -128,37 +118,6 @@ class ProviderClass(Protocol):
     def parse_options(cls, section: Section) -> Any: ...
 
     def __call__(self, name: str, options: Any, context: ProviderContext) -> DnsProvider: ...
-
-
-def load_provider_class(type_name: str, where: str) -> Any:
-    """The class for ``type_name``: built-in by name, else from the entry-point group.
-
-    ``where`` names the config file and key for the error message.
-    """
-    if type_name in BUILTIN_PROVIDERS:
-        module_name, class_name, extra = BUILTIN_PROVIDERS[type_name]
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            hint = f"; install it with: pip install 'certman[{extra}]'" if extra else ""
-            raise ConfigError(
-                f"{where}: provider type {type_name!r} needs the missing module {exc.name}{hint}"
-            ) from None
-        return getattr(module, class_name)
-    from importlib import metadata  # 13 ms: only for providers certman does not ship
-
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name == type_name:
-            try:
-                return entry.load()
-            except ImportError as exc:
-                raise ConfigError(
-                    f"{where}: provider type {type_name!r} ({entry.value}) failed to load: {exc}"
-                ) from None
-    known = sorted(
-        set(BUILTIN_PROVIDERS) | {e.name for e in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    )
-    raise ConfigError(f"{where}: unknown provider type {type_name!r}; known: {', '.join(known)}")
 
 
 def create_provider(

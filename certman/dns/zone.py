@@ -1,4 +1,4 @@
-"""DNS plumbing shared by the providers and ``certman.propagation``.
+"""DNS plumbing shared by the providers and ``certman.dns.propagation``.
 
 Server syntax: a resolver or server is written ``ADDR`` or ``ADDR@PORT`` (Unbound's
 ``forward-addr`` form; unambiguous for IPv6 too: ``::1@5353``). Every query goes through

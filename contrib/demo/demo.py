@@ -21,7 +21,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integratio
 from helpers import Prober, write_config  # noqa: E402
 from testbed import Testbed, enter_netns, start_testbed, stop_testbed  # noqa: E402
 
-from certman.cli import main  # noqa: E402
+from certman.cli.main import main  # noqa: E402
 
 
 def banner(text: str) -> None:

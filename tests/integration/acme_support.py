@@ -22,8 +22,8 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 from testbed import Testbed
 
-from certman import config as config_mod
-from certman.config import Config
+from certman.config.load import load_config
+from certman.config.schema import Config
 from certman.dns.provider import DnsProvider, ProviderContext, create_provider
 
 
@@ -91,7 +91,7 @@ def write_config(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "certman.toml"
     path.write_text("\n".join(lines) + "\n")
-    return config_mod.load(path)
+    return load_config(path)
 
 
 def providers_of(config: Config) -> dict[str, DnsProvider]:

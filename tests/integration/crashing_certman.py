@@ -11,17 +11,18 @@ import os
 import signal
 import sys
 
-from certman import state as state_mod
-from certman.cli import main
+from certman.cli.main import main
+from certman.lifecycle.state import Operation, Phase, State
+from certman.lifecycle.statefile import CertDir
 
 CRASH_AT = sys.argv[1]
-original_save = state_mod.CertDir.save
+original_save = CertDir.save
 
 
-def save_then_die(self: state_mod.CertDir, state: state_mod.State) -> None:
+def save_then_die(self: CertDir, state: State) -> None:
     original_save(self, state)
-    planned = state.phase is state_mod.Phase.INSTALL and state.install_record is not None
-    retiring = state.phase is state_mod.Phase.AGE and state.operation is state_mod.Operation.RETIRE
+    planned = state.phase is Phase.INSTALL and state.install_record is not None
+    retiring = state.phase is Phase.AGE and state.operation is Operation.RETIRE
     if (
         state.phase.value == CRASH_AT
         or (CRASH_AT == "install-planned" and planned)
@@ -32,5 +33,5 @@ def save_then_die(self: state_mod.CertDir, state: state_mod.State) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-state_mod.CertDir.save = save_then_die  # type: ignore[method-assign]
+CertDir.save = save_then_die  # type: ignore[method-assign]
 sys.exit(main(sys.argv[2:]))

@@ -13,19 +13,15 @@ from acme import messages
 from acme_support import Timer, providers_of, unique_name, write_config
 from testbed import Testbed
 
-from certman import acme_account
-from certman.acme_account import (
-    jwk_and_alg,
-    lookup_account,
-    read_cached_account,
-    use_account,
-)
-from certman.acme_client import OrderRequest, open_client, post
-from certman.acme_issue import issue_certificate
-from certman.cli import main
-from certman.config import Config, KeyType
+from certman.acme import account as acme_account
+from certman.acme.account import jwk_and_alg, lookup_account, read_cached_account, use_account
+from certman.acme.client import OrderRequest, open_client, post
+from certman.acme.issue import issue_certificate
+from certman.cli.main import main
+from certman.config.schema import Config
 from certman.errors import AcmeError, CertmanError
 from certman.keys import generate_key, private_key_pem, read_private_key
+from certman.model import KeyType
 
 if TYPE_CHECKING:
     from acme.client import ClientV2

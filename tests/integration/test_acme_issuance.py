@@ -27,12 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from testbed import Testbed
 
-from certman.acme_account import read_cached_account, save_cached_account
-from certman.acme_issue import IssuedCertificate, issue_certificate
-from certman.challenges import challenge_record_name
-from certman.config import Config, KeyType
+from certman.acme.account import read_cached_account, save_cached_account
+from certman.acme.challenges import challenge_record_name
+from certman.acme.issue import IssuedCertificate, issue_certificate
+from certman.config.schema import Config
 from certman.errors import AcmeError, PropagationTimeout
 from certman.keys import generate_key, spki_der
+from certman.model import KeyType
 
 pytestmark = pytest.mark.integration
 

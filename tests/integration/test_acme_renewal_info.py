@@ -13,12 +13,13 @@ from acme_support import Timer, providers_of, unique_name, write_config
 from ariproxy import AriProxy, Injected, running_proxy
 from testbed import Testbed
 
-from certman.acme_client import OrderRequest
-from certman.acme_issue import IssuedCertificate, issue_certificate, renewal_info
-from certman.challenges import challenge_record_name
-from certman.config import Config, KeyType
+from certman.acme.challenges import challenge_record_name
+from certman.acme.client import OrderRequest
+from certman.acme.issue import IssuedCertificate, issue_certificate, renewal_info
+from certman.config.schema import Config
 from certman.errors import AcmeError, RetryLater
 from certman.keys import generate_key
+from certman.model import KeyType
 
 pytestmark = pytest.mark.integration
 

@@ -22,12 +22,14 @@ from helpers import Prober, write_config
 from testbed import Testbed
 
 from certman import keys
-from certman.cli import main
-from certman.config import PostfixConfig, load
+from certman.cli.main import main
+from certman.config.load import load_config as load
+from certman.config.schema import PostfixConfig
+from certman.dane.probe import fetch_chain
 from certman.dns.provider import DnsProvider, ProviderContext, RRset, create_provider
-from certman.postfix import Postfix
-from certman.probe import fetch_chain
-from certman.state import CertDir, Operation, Phase, State
+from certman.lifecycle.state import Operation, Phase, State
+from certman.lifecycle.statefile import CertDir
+from certman.postfix.commands import Postfix
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from testbed import PostfixInstance, Testbed
 
-from certman import dhgen
-from certman.config import DhFile, DhMode, DhParamsConfig, PostfixConfig
-from certman.dhgroups import check_group, parse_pem, published_groups, to_pem
-from certman.dhparams import advance, check, status
-from certman.dhplan import load_state
-from certman.postfix import Postfix
+from certman.config.schema import DhFile, DhMode, DhParamsConfig, PostfixConfig
+from certman.dh import gen as dhgen
+from certman.dh.groups import check_group, parse_pem, published_groups, to_pem
+from certman.dh.plan import load_state
+from certman.dh.run import advance, check, status
+from certman.postfix.commands import Postfix
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,13 @@ from certgen import Pki, certificate_config, make_pki
 from cryptography import x509
 from testbed import PostfixInstance, Testbed
 
-from certman.config import CertificateConfig, KeyType, Layout, PostfixConfig
+from certman.config.schema import CertificateConfig, Layout, PostfixConfig
+from certman.dane.probe import fetch_chain
 from certman.errors import PostfixError
 from certman.keys import cert_spki_sha256
-from certman.postfix import Postfix
-from certman.probe import fetch_chain
-from certman.store import InstallRecord, KeyBundle, install, rollback, served_keys
+from certman.model import KeyType
+from certman.postfix.commands import Postfix
+from certman.postfix.install import InstallRecord, KeyBundle, install, rollback, served_keys
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,13 @@ import pytest
 from certgen import Issued, certificate_config, make_pki
 from testbed import Testbed
 
-from certman.config import CertificateConfig, DaneConfig, KeyType, Layout, PostfixConfig, TlsaParams
+from certman.config.schema import CertificateConfig, DaneConfig, Layout, PostfixConfig, TlsaParams
+from certman.dane.probe import VerifyResult, verify_live
+from certman.dane.tlsa import key_rdata, tlsa_rdata
 from certman.keys import cert_spki_sha256
-from certman.postfix import Postfix
-from certman.probe import VerifyResult, verify_live
-from certman.store import KeyBundle, install
-from certman.tlsa import key_rdata, tlsa_rdata
+from certman.model import KeyType
+from certman.postfix.commands import Postfix
+from certman.postfix.install import KeyBundle, install
 
 pytestmark = pytest.mark.integration
 

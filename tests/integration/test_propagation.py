@@ -16,11 +16,7 @@ import pytest
 from test_provider_contract import KEY_A, KEY_B, build
 from testbed import Testbed
 
-from certman.dns.powerdns import PowerDnsProvider
-from certman.dns.provider import DnsProvider, RRset
-from certman.dns.rfc2136 import Rfc2136Provider
-from certman.errors import DnsError, PropagationTimeout
-from certman.propagation import (
+from certman.dns.propagation import (
     Nameserver,
     ZoneInfo,
     check_published,
@@ -29,6 +25,10 @@ from certman.propagation import (
     validated_rrset,
     wait_published,
 )
+from certman.dns.provider import DnsProvider, RRset
+from certman.dns.providers.powerdns import PowerDnsProvider
+from certman.dns.providers.rfc2136 import Rfc2136Provider
+from certman.errors import DnsError, PropagationTimeout
 
 pytestmark = pytest.mark.integration
 

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from testbed import Testbed
 
-from certman.dns.exec_provider import ExecProvider
-from certman.dns.powerdns import PowerDnsProvider
+from certman.config.toml import Section
 from certman.dns.provider import DnsProvider, ProviderContext, RRset
-from certman.dns.rfc2136 import Rfc2136Provider
-from certman.dns.route53 import Route53Provider
+from certman.dns.providers.exec import ExecProvider
+from certman.dns.providers.powerdns import PowerDnsProvider
+from certman.dns.providers.rfc2136 import Rfc2136Provider
+from certman.dns.providers.route53 import Route53Provider
 from certman.errors import ConflictError, DnsError
-from certman.tomlreader import Section
 
 pytestmark = pytest.mark.integration
 

@@ -19,16 +19,19 @@ from certgen import make_pki
 from helpers import Prober, write_config
 from testbed import Testbed
 
-from certman import deploy, keys
-from certman.cli import main
-from certman.config import PostfixConfig, TlsaParams, load
+from certman import keys
+from certman.cli.main import main
+from certman.config.load import load_config as load
+from certman.config.schema import PostfixConfig, TlsaParams
+from certman.dane.probe import fetch_chain
+from certman.dane.tlsa import key_rdata as tlsa_key_rdata
+from certman.dns.propagation import validated_rrset
 from certman.dns.provider import DnsProvider, ProviderContext, create_provider
 from certman.errors import VerificationError
-from certman.postfix import Postfix
-from certman.probe import fetch_chain
-from certman.propagation import validated_rrset
-from certman.state import CertDir, Phase
-from certman.tlsa import key_rdata as tlsa_key_rdata
+from certman.lifecycle.state import Phase
+from certman.lifecycle.statefile import CertDir
+from certman.lifecycle.steps import deploy
+from certman.postfix.commands import Postfix
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,15 +142,18 @@ def test_broken_early_swap_is_seen_by_the_prober_and_rolled_back(
     mx1 = fresh_host(testbed, tmp_path, ttl=10)
     bootstrap(testbed, mx1)
     served_before = served_spki(testbed, "mx1")
-    monkeypatch.setattr("certman.state.TlsaProgress.wait_seconds", lambda self, margin: 0.0)
+    monkeypatch.setattr(
+        "certman.lifecycle.state.TlsaProgress.wait_seconds", lambda self, margin: 0.0
+    )
     monkeypatch.setattr(deploy, "_unpublished", lambda *args: (set(), set()))
     prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address, interval=0.1)
     testbed.unbound_control("flush", "_25._tcp.mx1.dane.test")
     assert served_before in validated(testbed, "_25._tcp.mx1.dane.test")  # cached for 10 s now
     with prober.running():
         with pytest.raises(VerificationError):
-            from certman.engine import Context, advance
-            from certman.state import Operation
+            from certman.lifecycle.context import Context
+            from certman.lifecycle.engine import advance
+            from certman.lifecycle.state import Operation
 
             cfg = load(mx1)
             ctx = Context(cfg, time.time, time.sleep)

@@ -29,15 +29,20 @@ from helpers import (
 )
 from testbed import Testbed
 
-from certman import actions, keys
-from certman.cli import main
-from certman.config import KeyType, PostfixConfig, load
+from certman import keys
+from certman.cli.main import main
+from certman.config.load import load_config as load
+from certman.config.schema import PostfixConfig
+from certman.dane.probe import fetch_chain, verify_live
 from certman.dns.provider import DnsProvider, ProviderContext, RRset, create_provider
-from certman.engine import Context, advance
 from certman.errors import VerificationError
-from certman.postfix import Postfix, split_list
-from certman.probe import fetch_chain, verify_live
-from certman.state import CertDir, Operation, Phase, State
+from certman.lifecycle.context import Context
+from certman.lifecycle.engine import advance
+from certman.lifecycle.state import Operation, Phase, State
+from certman.lifecycle.statefile import CertDir
+from certman.lifecycle.steps import dane as dane_steps
+from certman.model import KeyType
+from certman.postfix.commands import Postfix, split_list
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,7 +287,7 @@ def test_a_write_racing_ours_on_the_shared_name_is_reread_not_overwritten(
     messages: list[str] = []
     ctx = Context(cfg, time.time, time.sleep, messages.append)
     racing = RacedProvider(provider, RRset.of(SHARED_TLSA, "TLSA", TTL, raced))
-    before, after, change = actions._swap_records(ctx, racing, SHARED_TLSA, ours, old, TTL)
+    before, after, change = dane_steps._swap_records(ctx, racing, SHARED_TLSA, ours, old, TTL)
     assert racing.raced and change is not None
     assert any("changed under us" in m for m in messages), messages
     served = provider.read(SHARED_TLSA, "TLSA")
@@ -379,7 +384,7 @@ def test_renewal_with_the_served_key_changes_no_tlsa_record(
     leaf_before = fetch_chain(pf.address, 25, timeout=5)[0]
     assert rrset_before is not None and journal_before
 
-    from certman.dns.rfc2136 import Rfc2136Provider
+    from certman.dns.providers.rfc2136 import Rfc2136Provider
 
     writes: list[tuple[str, str]] = []
     replace, delete = Rfc2136Provider.replace, Rfc2136Provider.delete
@@ -428,7 +433,7 @@ def test_failed_verification_rolls_back_and_a_later_run_completes_the_rollover(
 
     # The install "succeeds" but the files Postfix reads never change: Postfix that did not
     # pick the new certificate up.
-    monkeypatch.setattr("certman.store.apply", lambda record, *, postfix: None)
+    monkeypatch.setattr("certman.postfix.install.apply", lambda record, *, postfix: None)
     cfg = load(config)
     ctx = Context(cfg, time.time, time.sleep)
     started = time.time()

@@ -10,7 +10,7 @@ from certgen import rsa_key
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.jwa import ES256, ES384, RS256
 
-from certman.acme_account import (
+from certman.acme.account import (
     acme_state_dir,
     forget_cached_account,
     jwk_and_alg,
@@ -18,8 +18,9 @@ from certman.acme_account import (
     read_cached_account,
     save_cached_account,
 )
-from certman.config import AcmeConfig, KeyType
+from certman.config.schema import AcmeConfig
 from certman.keys import generate_key, private_key_pem
+from certman.model import KeyType
 
 DIRECTORY = "https://127.0.0.14:14000/dir"
 
@@ -93,7 +94,7 @@ def test_forgetting_the_account_removes_the_cache(tmp_path: Path) -> None:
 def test_a_deactivated_account_is_recorded_and_refused_before_asking_the_ca(
     tmp_path: Path,
 ) -> None:
-    from certman.acme_account import deactivated_account, ensure_account
+    from certman.acme.account import deactivated_account, ensure_account
     from certman.errors import AcmeError
 
     url = "https://127.0.0.14:14000/my-account/1"
@@ -106,7 +107,7 @@ def test_a_deactivated_account_is_recorded_and_refused_before_asking_the_ca(
 
 
 def test_an_active_account_has_no_deactivation_time(tmp_path: Path) -> None:
-    from certman.acme_account import deactivated_account
+    from certman.acme.account import deactivated_account
 
     save_cached_account(tmp_path, DIRECTORY, "https://127.0.0.14:14000/my-account/1")
     assert deactivated_account(tmp_path, DIRECTORY) is None
@@ -114,7 +115,7 @@ def test_an_active_account_has_no_deactivation_time(tmp_path: Path) -> None:
 
 
 def test_key_files_of_a_key_change_sit_beside_the_account_key(tmp_path: Path) -> None:
-    from certman.acme_account import old_key_file, pending_key_file
+    from certman.acme.account import old_key_file, pending_key_file
 
     acme = _acme(tmp_path / "acme" / "account.key")
     assert pending_key_file(acme) == tmp_path / "acme" / "account.key.new"

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from certman.acme_ari import (
+from certman.acme.ari import (
     ARI_DEFAULT_RECHECK,
     RenewalWindow,
     ari_cert_id,

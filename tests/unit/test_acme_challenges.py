@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from certman import challenges
-from certman.challenges import (
+from certman.acme import challenges
+from certman.acme.challenges import (
     Dns01Answer,
     Http01Answer,
     add_txt,
@@ -23,7 +23,7 @@ from certman.challenges import (
     remove_txt,
     txt_rrsets,
 )
-from certman.config import PropagationConfig
+from certman.config.schema import PropagationConfig
 from certman.dns.provider import ANY, AnyValue, ChangeResult, Expected, RRset
 from certman.errors import CertmanError, ConflictError, PropagationTimeout
 
@@ -128,7 +128,7 @@ def test_add_txt_retries_after_losing_a_race() -> None:
 
 
 class FakePropagation:
-    """Stands in for certman.propagation: records what was waited for; may time out."""
+    """Stands in for certman.dns.propagation: records what was waited for; may time out."""
 
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
@@ -157,11 +157,11 @@ def _published(provider: MemoryProvider, answers: list[Dns01Answer], messages: l
 
 @pytest.fixture
 def fake_propagation(monkeypatch: pytest.MonkeyPatch) -> FakePropagation:
-    import certman.propagation
+    import certman.dns.propagation
 
     fake = FakePropagation()
-    monkeypatch.setattr(certman.propagation, "find_zone", fake.find_zone)
-    monkeypatch.setattr(certman.propagation, "wait_published", fake.wait_published)
+    monkeypatch.setattr(certman.dns.propagation, "find_zone", fake.find_zone)
+    monkeypatch.setattr(certman.dns.propagation, "wait_published", fake.wait_published)
     return fake
 
 

@@ -8,8 +8,8 @@ from certgen import fixed_ec_key, issue, rsa_key
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from certman.acme_client import OrderRequest
-from certman.acme_order import POLL_CAP, POLL_FIRST, make_csr, pick_chain, poll_delay
+from certman.acme.client import OrderRequest
+from certman.acme.order import POLL_CAP, POLL_FIRST, make_csr, pick_chain, poll_delay
 
 
 def test_csr_names_every_domain_and_is_signed_by_the_key() -> None:

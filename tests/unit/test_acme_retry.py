@@ -14,7 +14,7 @@ from certgen import fixed_ec_key
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-from certman.acme_client import (
+from certman.acme.client import (
     RetryingNetwork,
     RetryPolicy,
     Transient,
@@ -73,7 +73,7 @@ def test_retry_after_accepts_seconds_and_http_dates(
 
 def _problem(code: str, status: int, retry_after: str | None = None) -> messages.Error:
     error = messages.Error.with_code(code, detail=f"{code} detail")
-    from certman.acme_client import Reply
+    from certman.acme.client import Reply
 
     object.__setattr__(error, "certman_reply", Reply(status, retry_after))
     return error
@@ -274,7 +274,7 @@ def test_tls_verification_failure_is_not_retried() -> None:
 
 
 def test_acme_step_names_server_and_step_in_one_line() -> None:
-    from certman.acme_client import acme_step
+    from certman.acme.client import acme_step
 
     with pytest.raises(AcmeError) as caught, acme_step(SERVER, "new order for mx1.dane.test"):
         raise messages.Error.with_code("caa", detail="CAA record for dane.test forbids issuance")

@@ -10,7 +10,9 @@ import pytest
 from certgen import Issued, certificate_config, make_pki
 
 from certman import keys
-from certman.certbot import (
+from certman.config.schema import CertificateConfig, Config, DaneConfig
+from certman.errors import CertmanError, ConfigError
+from certman.integrations.certbot import (
     CertbotFiles,
     Verdict,
     check_ready,
@@ -21,9 +23,9 @@ from certman.certbot import (
     settle,
     stage,
 )
-from certman.config import CertificateConfig, Config, DaneConfig, KeyType
-from certman.errors import CertmanError, ConfigError
-from certman.state import CertDir, CertInfo, KeyInfo, Operation, Phase, State
+from certman.lifecycle.state import Operation, Phase, State
+from certman.lifecycle.statefile import CertDir
+from certman.model import CertInfo, KeyInfo, KeyType
 
 SLOT = KeyType.ECDSA_P256.value
 PKI = make_pki("Certbot")
@@ -171,7 +173,7 @@ def test_a_key_type_the_certificate_is_not_configured_for_is_refused(tmp_path: P
 
 
 def dane() -> DaneConfig:
-    from certman.config import TlsaParams
+    from certman.config.schema import TlsaParams
 
     return DaneConfig(
         hosts=("mx1.dane.test",),

@@ -14,7 +14,9 @@ from test_config_support import (
     write_toml,
 )
 
-from certman.config import (
+from certman.config.load import config_path
+from certman.config.load import load_config as load
+from certman.config.schema import (
     DEFAULT_CONFIG,
     AcmeConfig,
     CertificateConfig,
@@ -27,17 +29,15 @@ from certman.config import (
     EabConfig,
     HttpChallengeConfig,
     InstallConfig,
-    KeyType,
     Layout,
     PostfixConfig,
     PropagationConfig,
     ProviderConfig,
     TlsaParams,
-    config_path,
-    load,
 )
+from certman.config.toml import Secret
 from certman.errors import ConfigError
-from certman.tomlreader import Secret
+from certman.model import KeyType
 
 FULL = f"""
     [certman]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from certman.cli import main
+from certman.cli.main import main
 
 SECRETS = ("SUPERSECRETVALUE12345678==", "EABSECRETXYZ", "PDNSSECRETXYZ")
 

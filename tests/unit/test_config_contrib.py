@@ -199,7 +199,7 @@ def test_postfix_snippet_holds_only_parameters_postfix_knows(tmp_path: Path) -> 
 def test_postfix_snippet_points_at_the_files_certman_writes(tmp_path: Path) -> None:
     from test_config_example import rewritten
 
-    from certman.config import load
+    from certman.config.load import load_config as load
 
     mx = load(rewritten(tmp_path)).certificate("mx")
     # store.py: chain-files layout writes <directory>/<certificate>-<key type>.pem

@@ -14,7 +14,7 @@ from test_config_support import (
     write_toml,
 )
 
-from certman.config import load
+from certman.config.load import load_config as load
 from certman.errors import ConfigError
 
 PROVIDER = f'[dns.main]\ntype = "{TEST_PROVIDER}"\n'

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from certman.config import Challenge, Config, KeyType, Layout, TlsaParams, load
-from certman.tomlreader import Section
+from certman.config.load import load_config as load
+from certman.config.schema import Challenge, Config, Layout, TlsaParams
+from certman.config.toml import Section
+from certman.model import KeyType
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "contrib" / "certman.toml.example"
 

@@ -27,12 +27,12 @@ from test_dhparams_support import (
     wait_for_jobs,
 )
 
-from certman import dhgen
-from certman.config import DhMode
-from certman.dhgroups import DhParamsError, check_group, parse_pem, published_groups, to_pem
-from certman.dhparams import advance, generate_now
-from certman.dhplan import load_state, save_state
-from certman.postfix import Postfix
+from certman.config.schema import DhMode
+from certman.dh import gen as dhgen
+from certman.dh.groups import DhParamsError, check_group, parse_pem, published_groups, to_pem
+from certman.dh.plan import load_state, save_state
+from certman.dh.run import advance, generate_now
+from certman.postfix.commands import Postfix
 
 PARAM = "smtpd_tls_dh1024_param_file"
 NOW = 1_750_000_000.0

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from certman.config import DhFile, DhMode, parse
+from certman.config.load import parse
+from certman.config.schema import DhFile, DhMode
 from certman.errors import ConfigError
 
 CONFIG = Path("/etc/certman/certman.toml")

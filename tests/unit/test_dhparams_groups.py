@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_dhparams_support import FIXTURES
 
-from certman.dhgroups import (
+from certman.dh.groups import (
     DhGroup,
     DhParamsError,
     check_group,

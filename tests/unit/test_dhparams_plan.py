@@ -6,8 +6,8 @@ from pathlib import Path
 
 from test_dhparams_support import DAY, dh_config
 
-from certman.config import DhMode
-from certman.dhplan import (
+from certman.config.schema import DhMode
+from certman.dh.plan import (
     GENERATED,
     ActionKind,
     DhState,

@@ -11,12 +11,12 @@ import pytest
 from fake_postconf import FakePostfix
 from test_dhparams_support import DAY, FIXTURES, dh_config
 
-from certman.config import DhMode
-from certman.dhgroups import published_groups, to_pem
-from certman.dhparams import check, status
-from certman.dhplan import GENERATED, DhState, FileRecord, Job, load_state, save_state
+from certman.config.schema import DhMode
+from certman.dh.groups import published_groups, to_pem
+from certman.dh.plan import GENERATED, DhState, FileRecord, Job, load_state, save_state
+from certman.dh.run import check, status
 from certman.errors import CertmanError
-from certman.postfix import Postfix
+from certman.postfix.commands import Postfix
 
 PARAM = "smtpd_tls_dh1024_param_file"
 NOW = 1_750_000_000.0

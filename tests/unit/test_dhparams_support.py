@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from certman import dhgen
-from certman.config import DhFile, DhMode, DhParamsConfig
-from certman.dhplan import load_state
+from certman.config.schema import DhFile, DhMode, DhParamsConfig
+from certman.dh import gen as dhgen
+from certman.dh.plan import load_state
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dh"
 DAY = 86400.0

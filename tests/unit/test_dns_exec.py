@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from certman.dns.exec_provider import ExecOptions, ExecProvider
+from certman.config.toml import Section
 from certman.dns.provider import ProviderContext, RRset
+from certman.dns.providers.exec import ExecOptions, ExecProvider
 from certman.errors import ConfigError, ConflictError, DnsError
-from certman.tomlreader import Section
 
 NAME = "_acme-challenge.example.com"
 

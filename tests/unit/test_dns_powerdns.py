@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from certman.dns.powerdns import PowerDnsOptions, PowerDnsProvider, _http_error
+from certman.config.toml import Section
 from certman.dns.provider import ProviderContext
+from certman.dns.providers.powerdns import PowerDnsOptions, PowerDnsProvider, _http_error
 from certman.errors import ConfigError
-from certman.tomlreader import Section
 
 
 def parse(data: dict[str, object]) -> PowerDnsOptions:

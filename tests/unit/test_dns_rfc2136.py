@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from certman.config.toml import Section
 from certman.dns.provider import ProviderContext
-from certman.dns.rfc2136 import Rfc2136Options, Rfc2136Provider, TsigKey, parse_tsig_key
+from certman.dns.providers.rfc2136 import Rfc2136Options, Rfc2136Provider, TsigKey, parse_tsig_key
 from certman.errors import ConfigError
-from certman.tomlreader import Section
 
 SECRET = "3bHXNP3SFdrqMxFNCVjFOqJ1evUQfgsAyXXvONVc1Rg="
 KEYGEN = f"""key "certman-key" {{

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from certman.config.toml import Section
 from certman.dns.provider import ProviderContext, RRset
-from certman.dns.route53 import Route53Options, Route53Provider
+from certman.dns.providers.route53 import Route53Options, Route53Provider
 from certman.errors import ConfigError, ConflictError, DnsError
-from certman.tomlreader import Section
 
 NAME = "_25._tcp.mx1.example.com"
 OLD = RRset.of(NAME, "TLSA", 300, ["3 1 1 " + "aa" * 32])
@@ -168,10 +168,10 @@ def test_options_are_parsed_and_checked() -> None:
 
 
 def test_missing_boto3_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from certman.dns.provider import load_provider_class
+    from certman.plugins import load_provider_class
 
     monkeypatch.setitem(sys.modules, "boto3", None)  # what an absent package looks like
-    monkeypatch.delitem(sys.modules, "certman.dns.route53")
+    monkeypatch.delitem(sys.modules, "certman.dns.providers.route53")
     with pytest.raises(ConfigError) as caught:
         load_provider_class("route53", "certman.toml: dns.aws.type")
     assert "missing module boto3" in str(caught.value)

@@ -98,11 +98,11 @@ def test_loading_providers_and_propagation_imports_no_dns_or_aws_library() -> No
 import sys
 from pathlib import Path
 from certman.dns.provider import ProviderContext
-from certman.dns.rfc2136 import Rfc2136Provider, Rfc2136Options
-from certman.dns.route53 import Route53Provider, Route53Options
-from certman.dns.powerdns import PowerDnsProvider, PowerDnsOptions
-from certman.dns.exec_provider import ExecProvider, ExecOptions
-import certman.propagation
+from certman.dns.providers.rfc2136 import Rfc2136Provider, Rfc2136Options
+from certman.dns.providers.route53 import Route53Provider, Route53Options
+from certman.dns.providers.powerdns import PowerDnsProvider, PowerDnsOptions
+from certman.dns.providers.exec import ExecProvider, ExecOptions
+import certman.dns.propagation
 context = ProviderContext()
 Rfc2136Provider("a", Rfc2136Options(server="192.0.2.1"), context)
 Route53Provider("b", Route53Options(), context)

@@ -1,4 +1,4 @@
-"""certman.postfix: the commands it runs (recorded through a fake runner) and served_keys."""
+"""certman.postfix.commands: the commands it runs (through a fake runner) and served_keys."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 from certgen import certificate_config, make_pki
 from fake_postconf import FakePostfix
 
-from certman.config import KeyType, PostfixConfig
+from certman.config.schema import PostfixConfig
 from certman.errors import PostfixError
-from certman.postfix import Postfix, parse_postconf, served_keys, version_tuple
+from certman.model import KeyType
+from certman.postfix.commands import Postfix, parse_postconf, served_keys, version_tuple
 
 
 def make(tmp_path: Path, main_cf: dict[str, str] | None = None) -> tuple[FakePostfix, Postfix]:

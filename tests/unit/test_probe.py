@@ -1,4 +1,4 @@
-"""certman.probe: the SMTP/STARTTLS client against a local server, and the pure chain check."""
+"""certman.dane.probe: the SMTP/STARTTLS client against a local server, and the pure chain check."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ import pytest
 from certgen import Issued, certificate_config, issue, make_pki
 from cryptography import x509
 
-from certman.config import DaneConfig, KeyType, TlsaParams
+from certman.config.schema import DaneConfig, TlsaParams
+from certman.dane.probe import check_chain, fetch_chain, names_host, verify_endpoint, verify_live
+from certman.dane.tlsa import key_rdata, tlsa_rdata
 from certman.dns.provider import RRset
 from certman.errors import DnsError, PostfixError
 from certman.keys import cert_spki_sha256
-from certman.probe import check_chain, fetch_chain, names_host, verify_endpoint, verify_live
-from certman.tlsa import key_rdata, tlsa_rdata
+from certman.model import KeyType
 
 P311 = TlsaParams(3, 1, 1)
 P211 = TlsaParams(2, 1, 1)

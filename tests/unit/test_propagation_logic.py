@@ -1,5 +1,5 @@
-"""The pure parts of certman.propagation: serial arithmetic, TTL facts, the judging of answers and
-the waiting loop (with a fake clock; the DNS side is in tests/integration/test_propagation.py)."""
+"""The pure parts of certman.dns.propagation: serial arithmetic, TTL facts, the judging of answers
+and the waiting loop (fake clock; the DNS side: tests/integration/test_propagation.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from certman.dns.provider import RRset
-from certman.errors import PropagationTimeout
-from certman.propagation import (
+from certman.dns.propagation import (
     Nameserver,
     PropagationReport,
     ServerAnswer,
@@ -17,9 +15,10 @@ from certman.propagation import (
     _settle_skips,
     check_published,
     poll,
-    rollover_ttl,
     serial_gte,
 )
+from certman.dns.provider import RRset
+from certman.errors import PropagationTimeout
 
 NAME = "_25._tcp.mx1.example.com"
 RR = RRset.of(NAME, "TLSA", 300, ["3 1 1 " + "ab" * 32])
@@ -52,13 +51,6 @@ def test_serials_compare_in_sequence_space(serial: int, reference: int, expected
 def test_negative_ttl_is_the_lesser_of_soa_ttl_and_minimum() -> None:
     assert ZONE.negative_ttl == 300
     assert ZoneInfo("z.test", 60, 3600, 1, ()).negative_ttl == 60
-
-
-def test_rollover_ttl_takes_the_largest_and_the_negative_ttl_only_for_a_new_rrset() -> None:
-    assert rollover_ttl(None, 60, ZONE) == 300  # no RRset before: negative answers were cached
-    assert rollover_ttl(60, 120, ZONE) == 120
-    assert rollover_ttl(600, 60, ZONE) == 600
-    assert rollover_ttl(60, None, ZONE) == 60
 
 
 def answer(server: str, address: str, *, matches: bool, skipped: bool = False) -> ServerAnswer:

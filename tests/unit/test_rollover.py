@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from certman import rollover
-from certman.config import KeyType
-from certman.rollover import Action, Policy
-from certman.state import CertInfo, KeyInfo, Operation, Phase, State, TlsaProgress
+from certman.lifecycle import rollover
+from certman.lifecycle.rollover import Action, Policy
+from certman.lifecycle.state import Operation, Phase, State, TlsaProgress
+from certman.model import CertInfo, KeyInfo, KeyType
 
 POLICY = Policy(dane=True, margin=10.0, rollover_days=30)
 NOW = 1_800_000_000.0

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from certman.config import KeyType
 from certman.errors import CertmanError, LockedError
-from certman.state import CertDir, CertInfo, KeyInfo, Operation, Phase, State, TlsaProgress
+from certman.lifecycle.state import Operation, Phase, State, TlsaProgress
+from certman.lifecycle.statefile import CertDir
+from certman.model import CertInfo, KeyInfo, KeyType
 
 
 def sample() -> State:

@@ -1,4 +1,4 @@
-"""certman.tlsa: record data from keys and certificates, and matching against presented chains."""
+"""certman.dane.tlsa: record data from keys and certificates, matched against chains."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import pytest
 from certgen import fixed_ec_key, issue, make_pki
 from cryptography import x509
 
-from certman.config import KeyType, TlsaParams
-from certman.dns.provider import RRset
-from certman.errors import CertmanError
-from certman.tlsa import (
+from certman.config.schema import TlsaParams
+from certman.dane.tlsa import (
     format_zone,
     key_rdata,
     matches,
@@ -17,6 +15,9 @@ from certman.tlsa import (
     tlsa_rdata,
     unmatched_combinations,
 )
+from certman.dns.provider import RRset
+from certman.errors import CertmanError
+from certman.model import KeyType
 
 # Computed independently with: openssl pkey -pubout -outform DER | openssl dgst -sha256 / -sha512
 FIXED_SPKI_SHA256 = "2a22a91fd74ac9b9f4b2c1fb92f110969b008d8a304e13442cacfa1599d21069"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from certman.config.toml import Secret, Section, normalize_domain
 from certman.errors import ConfigError
-from certman.tomlreader import Secret, Section, normalize_domain
 
 FILE = Path("/etc/certman/certman.toml")
 

@@ -1,0 +1,270 @@
+"""One plain function per command: load the config, call the layer below, print the result.
+
+This package is the only place that prints, sleeps, or turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from certman.config.load import config_path, load_config
+from certman.config.schema import DhMode
+from certman.errors import CertmanError
+from certman.model import KeyType
+
+if TYPE_CHECKING:
+    from certman.config.schema import CertificateConfig, Config
+    from certman.lifecycle.context import Context
+    from certman.lifecycle.engine import Outcome
+    from certman.lifecycle.rollover import Step
+    from certman.lifecycle.state import Operation
+
+
+FOREVER = 10 * 365 * 86400.0
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _stamp(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def _context(cfg: Config, *, verbose: bool = True) -> Context:
+    from certman.lifecycle.context import Context
+
+    return Context(cfg, time.time, time.sleep, _say if verbose else (lambda _m: None))
+
+
+def _countdown(step: Step, remaining: float) -> None:
+    """Shown while ``certman rollover`` waits: what for, and for how long."""
+    if remaining >= 1 and (int(remaining) % 10 == 0 or remaining < 10 or not sys.stdout.isatty()):
+        _say(f"  waiting {remaining:4.0f} s: {step.reason}")
+
+
+def _certificates(cfg: Config, names: Sequence[str]) -> list[CertificateConfig]:
+    return [cfg.certificate(n) for n in names] if names else list(cfg.certificates.values())
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from certman.config.render import describe_config
+
+    cfg = _load(args)
+    for line in describe_config(cfg):
+        _say(line)
+    _say(f"{cfg.path}: OK")
+    return 0
+
+
+def _drive(
+    args: argparse.Namespace, name: str, request: Operation | None, *, max_wait: float
+) -> Outcome:
+    from certman.lifecycle.engine import advance
+
+    cfg = _load(args)
+    cert = cfg.certificate(name)
+    ctx = _context(cfg)
+    outcome = advance(
+        ctx,
+        cert,
+        request=request,
+        max_wait=max_wait,
+        wait_lock=getattr(args, "wait_lock", False),
+        on_wait=_countdown,
+    )
+    _report_outcome(outcome)
+    return outcome
+
+
+def _report_outcome(outcome: Outcome) -> None:
+    state = outcome.state
+    if outcome.waiting:
+        resume = _stamp(outcome.wait_until)
+        _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}; resume after {resume}")
+    else:
+        due = f"; renewal due {_stamp(state.renew_after)}" if state.renew_after else ""
+        _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}{due}")
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    from certman.lifecycle.state import Operation
+
+    _drive(args, args.name, Operation.RENEW, max_wait=FOREVER)
+    return 0
+
+
+def cmd_rollover(args: argparse.Namespace) -> int:
+    from certman.lifecycle.state import Operation
+
+    if args.dry_run:
+        from certman.lifecycle.report import rollover_plan
+
+        cfg = _load(args)
+        for line in rollover_plan(cfg, cfg.certificate(args.name), compromised=args.compromised):
+            _say(line)
+        return 0
+    request = Operation.COMPROMISED if args.compromised else Operation.ROLLOVER
+    outcome = _drive(args, args.name, request, max_wait=FOREVER)
+    if args.compromised:
+        from certman.lifecycle.report import compromise_notice
+
+        _say(compromise_notice(outcome.state))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """For cron and systemd: advance every certificate as far as it goes now, then exit."""
+    from certman.lifecycle.engine import advance
+
+    cfg = _load(args)
+    ctx = _context(cfg, verbose=not args.quiet)
+    failures = 0
+    for cert in _certificates(cfg, args.names):
+        try:
+            outcome = advance(ctx, cert, max_wait=args.max_wait)
+        except CertmanError as exc:
+            failures += 1
+            print(f"certman: {cert.name}: {exc}", file=sys.stderr, flush=True)
+            continue
+        if not args.quiet or outcome.waiting:
+            _report_outcome(outcome)
+    failures += _run_dhparams(cfg, args.quiet)
+    return 1 if failures else 0
+
+
+def _run_dhparams(cfg: Config, quiet: bool) -> int:
+    if cfg.dhparams.mode in (DhMode.OFF, DhMode.AUTO):
+        return 0
+    from certman.dh import run as dhparams
+    from certman.postfix.commands import Postfix
+
+    try:
+        report = dhparams.advance(cfg.dhparams, Postfix(cfg.postfix), cfg.state_dir, time.time())
+    except CertmanError as exc:
+        print(f"certman: dhparams: {exc}", file=sys.stderr, flush=True)
+        return 1
+    for line in report.lines():
+        if not quiet or not report.ok:
+            _say(f"dhparams: {line}")
+    return 0 if report.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from certman.lifecycle.report import status_lines
+
+    cfg = _load(args)
+    for cert in _certificates(cfg, args.names):
+        for line in status_lines(cfg, cert, time.time()):
+            _say(line)
+    if not args.names and cfg.dhparams.mode is not DhMode.OFF:
+        from certman.dh import run as dhparams
+
+        for line in dhparams.status(cfg.dhparams, cfg.state_dir, time.time()):
+            _say(f"dhparams: {line}")
+    return 0
+
+
+def cmd_tlsa(args: argparse.Namespace) -> int:
+    from certman.lifecycle.report import zone_records
+
+    cfg = _load(args)
+    for line in zone_records(cfg, cfg.certificate(args.name)):
+        _say(line)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from certman.lifecycle.report import check_problems
+
+    cfg = _load(args)
+    problems = check_problems(cfg)
+    for line in problems:
+        _say(f"problem: {line}")
+    _say("check: OK" if not problems else f"check: {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def cmd_dhparams(args: argparse.Namespace) -> int:
+    from certman.dh import run as dhparams
+    from certman.postfix.commands import Postfix
+
+    cfg = _load(args)
+    postfix = Postfix(cfg.postfix)
+    if args.now:
+        report = dhparams.generate_now(cfg.dhparams, postfix, cfg.state_dir, progress=_say)
+    else:
+        report = dhparams.advance(cfg.dhparams, postfix, cfg.state_dir, time.time())
+    for line in report.lines():
+        _say(line)
+    return 0 if report.ok else 1
+
+
+def cmd_hook_certbot(args: argparse.Namespace) -> int:
+    import os
+
+    from certman.integrations.certbot import deploy_hook, lineage_from
+
+    cfg = _load(args)
+    lineage = lineage_from(args.lineage, os.environ)
+    for line in deploy_hook(_context(cfg), lineage, dry_run=args.dry_run):
+        _say(line)
+    return 0
+
+
+def cmd_account_rollover(args: argparse.Namespace) -> int:
+    from certman.acme.account import rollover_account_key
+
+    cfg = _load(args)
+    key_type = KeyType(args.key_type) if args.key_type else None
+    change = rollover_account_key(
+        cfg.acme, cfg.state_dir, key_type=key_type, sleep=time.sleep, clock=time.time, progress=_say
+    )
+    _say(f"account {change.account_url}: new key in {change.key_file}")
+    _say(f"  thumbprint {change.thumbprint}; the old key is kept in {change.old_key_file}")
+    return 0
+
+
+def cmd_account_deactivate(args: argparse.Namespace) -> int:
+    from certman.acme.account import deactivate_account
+
+    cfg = _load(args)
+    if not args.yes:
+        print(
+            f"certman: deactivating the ACME account at {cfg.acme.directory} cannot be undone "
+            "(RFC 8555 §7.3.6); add --yes to do it",
+            file=sys.stderr,
+        )
+        return 2
+    url = deactivate_account(cfg.acme, cfg.state_dir, sleep=time.sleep, clock=time.time)
+    _say(f"account {url}: deactivated; the CA refuses every request signed with its key now")
+    _say(f"  to issue again, move {cfg.acme.account_key} away: a new account is then registered")
+    return 0
+
+
+def cmd_contrib(args: argparse.Namespace) -> int:
+    from certman.cli import contrib
+
+    if args.name == "list":
+        for line in contrib.listing():
+            _say(line)
+        return 0
+    item = contrib.find(args.name)
+    if args.dest is None:
+        sys.stdout.buffer.write(contrib.read(item))
+        sys.stdout.flush()
+        return 0
+    written = contrib.install(item, Path(args.dest), force=args.force)
+    _say(f"wrote {written} (mode {item.mode:o})")
+    return 0

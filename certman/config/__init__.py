@@ -1,0 +1,1 @@
+"""The configuration: the schema, the strict TOML reader, the rendering for config check."""

@@ -1,0 +1,1 @@
+"""The operator files shipped in the wheel; see certman contrib list."""

@@ -1,0 +1,1 @@
+"""Other tools certman works with: the certbot deploy hook."""

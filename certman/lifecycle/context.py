@@ -1,0 +1,45 @@
+"""What the engine and its steps need from the outside world; the CLI builds it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from certman.config.schema import Config
+
+if TYPE_CHECKING:
+    from certman.dns.provider import DnsProvider
+    from certman.postfix.commands import Postfix
+
+
+@dataclass
+class Context:
+    """What the engine needs from the outside world; the CLI builds it."""
+
+    config: Config
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    progress: Callable[[str], None] = lambda message: None
+    _providers: dict[str, DnsProvider] = field(default_factory=dict)
+    _postfix: Postfix | None = None
+
+    def provider(self, name: str) -> DnsProvider:
+        if name not in self._providers:
+            from certman.dns.provider import ProviderContext, create_provider
+
+            spec = self.config.providers[name]
+            context = ProviderContext(self.config.resolvers, self.config.propagation.query_timeout)
+            self._providers[name] = create_provider(spec.type, name, spec.options, context)
+        return self._providers[name]
+
+    def providers(self) -> Mapping[str, DnsProvider]:
+        return {name: self.provider(name) for name in self.config.providers}
+
+    @property
+    def postfix(self) -> Postfix:
+        if self._postfix is None:
+            from certman.postfix.commands import Postfix
+
+            self._postfix = Postfix(self.config.postfix)
+        return self._postfix

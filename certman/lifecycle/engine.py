@@ -1,0 +1,158 @@
+"""The runner: take the lock, load the state, ask ``decide()``, perform one idempotent action, save.
+
+A crash between an action and the save only repeats an idempotent action: publishing is a
+compare-and-swap of the wanted RRset, confirming only reads, issuing reuses a staged certificate,
+installing archives the served files once (the record is saved before the switch) and switching
+to the same files again is harmless. Only the CLI sleeps; ``Context.sleep`` is its.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from certman.config.schema import CertificateConfig
+from certman.errors import CertmanError, RetryLater, VerificationError
+from certman.lifecycle import rollover
+from certman.lifecycle.context import Context
+from certman.lifecycle.rollover import Action, Policy, Step
+from certman.lifecycle.state import Operation, Phase, State
+from certman.lifecycle.statefile import CertDir
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    state: State
+    reason: str
+    wait_until: float | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.wait_until is not None
+
+
+def policy_for(cert: CertificateConfig) -> Policy:
+    dane = cert.dane
+    return Policy(
+        dane=dane is not None,
+        margin=dane.margin if dane else 0.0,
+        rollover_days=dane.rollover_days if dane else 0,
+        ari=cert.use_ari,
+    )
+
+
+def advance(
+    ctx: Context,
+    cert: CertificateConfig,
+    *,
+    request: Operation | None = None,
+    max_wait: float = 0.0,
+    wait_lock: bool = False,
+    on_wait: Callable[[Step, float], None] | None = None,
+) -> Outcome:
+    """Advance ``cert`` as far as it goes without waiting longer than ``max_wait`` at a time."""
+    cdir = CertDir.of(ctx.config.state_dir, cert.name)
+    policy = policy_for(cert)
+    with cdir.lock(wait=wait_lock):
+        state = cdir.load(cert.name)
+        while True:
+            now = ctx.clock()
+            step = rollover.decide(state, now, policy, request)
+            if step.action is Action.BEGIN:
+                request = None
+            if step.done:
+                return Outcome(cert.name, state, step.reason)
+            if step.wait_until is not None:
+                if step.wait_until - now > max_wait:
+                    return Outcome(cert.name, state, step.reason, step.wait_until)
+                if on_wait:
+                    on_wait(step, step.wait_until - now)
+                ctx.sleep(max(0.0, min(step.wait_until - now, 1.0)))
+                continue
+            ctx.progress(f"{cert.name}: {step.reason}")
+            state, wait_until = _perform_guarded(ctx, cert, cdir, state, step, policy)
+            cdir.save(state)
+            if step.action is Action.ROLLBACK:
+                # Saved first: the rolled-back STEADY state must not be overwritten by the
+                # failure path, which would leave the phase at ROLLBACK for every later run.
+                raise VerificationError(
+                    f"{cert.name}: {state.last_error}; previous certificate restored"
+                )
+            if wait_until is not None:
+                state_wait = Step(None, step.reason, wait_until=wait_until)
+                if wait_until - ctx.clock() > max_wait:
+                    return Outcome(cert.name, state, state_wait.reason, wait_until)
+                if on_wait:
+                    on_wait(state_wait, wait_until - ctx.clock())
+                ctx.sleep(max(0.0, wait_until - ctx.clock()))
+
+
+def _perform_guarded(
+    ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, step: Step, policy: Policy
+) -> tuple[State, float | None]:
+    try:
+        return _perform(ctx, cert, cdir, state, step, policy)
+    except RetryLater as exc:
+        now = ctx.clock()
+        cdir.save(rollover.failed(state, now, str(exc), exc.not_before))
+        raise
+    except CertmanError as exc:
+        now = ctx.clock()
+        cdir.save(rollover.failed(state, now, str(exc), now + policy.retry_interval))
+        raise
+
+
+def _perform(
+    ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, step: Step, policy: Policy
+) -> tuple[State, float | None]:
+    from certman.lifecycle import renewal
+    from certman.lifecycle.steps import dane as dane_steps
+    from certman.lifecycle.steps import deploy
+    from certman.lifecycle.steps import issue as issue_steps
+    from certman.lifecycle.steps import keys as key_steps
+
+    now = ctx.clock()
+    match step.action:
+        case Action.ADOPT:
+            return rollover.after_adopt(key_steps.adopt(ctx, cert, cdir, state), policy), None
+        case Action.BEGIN:
+            assert step.operation is not None
+            state = key_steps.prepare_keys(ctx, cert, cdir, state, step.operation)
+            return rollover.begin(state, step.operation, now, policy), None
+        case Action.PUBLISH:
+            state = key_steps.ensure_next_keys(ctx, cert, cdir, state)
+            progress, retired, issuers = dane_steps.publish(ctx, cert, state)
+            state = state.evolve(issuer_records=tuple(sorted(issuers)))
+            return rollover.after_publish(state, progress, retired), None
+        case Action.CONFIRM:
+            confirmed = dane_steps.confirm(ctx, cert, state)
+            if confirmed is None:
+                return state, now + ctx.config.propagation.interval
+            return rollover.after_confirm(state, confirmed, policy), None
+        case Action.CHECK_ARI:
+            renew, recheck = renewal.check_ari(ctx, cert, state)
+            return state.evolve(renew_after=renew, ari_checked_at=now, ari_recheck_at=recheck), None
+        case Action.FINISH:
+            return rollover.finish(state, now, "records published and aged"), None
+        case Action.ISSUE:
+            staged = issue_steps.issue(ctx, cert, cdir, state)
+            return rollover.after_issue(state, dict(staged)), None
+        case Action.INSTALL:
+            state, installed = deploy.install(ctx, cert, cdir, state)
+            return (state.evolve(phase=Phase.VERIFY) if installed else state), None
+        case Action.VERIFY:
+            error = deploy.verify(ctx, cert, state)
+            if error is None:
+                renew = renewal.renew_after(cert, state)
+                return rollover.after_verify(state, now, renew, policy.margin), None
+            return state.evolve(phase=Phase.ROLLBACK, last_error=error), None
+        case Action.ROLLBACK:
+            error = state.last_error or "verification failed"
+            deploy.rollback(ctx, cert, state)
+            return rollover.after_rollback(state, ctx.clock(), error, policy), None
+    raise AssertionError(f"unhandled step {step}")

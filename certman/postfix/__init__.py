@@ -1,0 +1,1 @@
+"""Postfix: postconf/postfix commands, the keys it serves, the atomic install and rollback."""

@@ -1,0 +1,417 @@
+"""The files Postfix reads: write them, swap them in atomically, roll them back.
+
+Two layouts (Postfix TLS_README, postconf(5)):
+
+* ``chain-files``: one file per key type, ``<directory>/<cert>-<keytype>.pem``, holding the private
+  key, then the leaf, then the chain (``smtpd_tls_chain_files``, Postfix 3.4+). One rename(2)
+  swaps key and chain together.
+* ``key-cert``: ``smtpd_tls_key_file`` + ``smtpd_tls_cert_file`` (leaf then chain), and for the
+  ECDSA key of a dual setup ``smtpd_tls_eckey_file`` + ``smtpd_tls_eccert_file``. Two renames are
+  never atomic (an smtpd starting between them loads a mismatched pair), so every install writes
+  new *versioned* files that never change and switches all the parameters in ONE ``postconf -e``
+  (main.cf is replaced by rename, so a starting smtpd sees the old pair or the new one).
+
+An install is planned (``prepare``: archive what is there, stage the new files, decide the main.cf
+changes, persist the plan as ``record.json``) and then applied (``apply``: write, switch). Both
+halves and ``rollback`` are idempotent, so a crash anywhere is repaired by running ``apply`` or
+``rollback`` again from the saved ``InstallRecord``. Nothing here reloads Postfix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from certman.config.schema import CertificateConfig, Layout
+from certman.errors import CertmanError, ConfigError
+from certman.fsutil import atomic_write, private_dir
+from certman.model import KeyType
+from certman.postfix.commands import (
+    CHAIN_FILES,
+    LEGACY_PAIRS,
+    TLS_FILE_PARAMETERS,
+    Postfix,
+    ServedKey,
+    served_keys,
+    served_paths,
+    split_list,
+    supports_chain_files,
+)
+
+__all__ = [
+    "InstallRecord",
+    "KeyBundle",
+    "ServedKey",
+    "apply",
+    "install",
+    "prepare",
+    "rollback",
+    "served_keys",
+]
+
+MANAGED = TLS_FILE_PARAMETERS
+RECORD_FILE = "record.json"
+KEEP_ARCHIVES = 5
+
+
+@dataclass(frozen=True)
+class KeyBundle:
+    """A private key and its certificate chain (leaf first), PEM."""
+
+    key_type: KeyType
+    key_pem: bytes = field(repr=False)
+    fullchain_pem: bytes
+
+    def chain_file_pem(self) -> bytes:
+        """Key, leaf, chain: the order smtpd_tls_chain_files requires (postconf(5))."""
+        return _nl(self.key_pem) + _nl(self.fullchain_pem)
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A file install writes: ``path`` gets the bytes of ``staged`` (a copy in the archive)."""
+
+    path: str
+    staged: str
+    mode: int
+
+
+@dataclass(frozen=True)
+class OldFile:
+    """A file as it was before install: ``archived`` is its copy (None: it did not exist).
+
+    ``overwritten``: install writes this path, so rollback always puts the copy back; other
+    (served, untouched) files are restored only if they have gone missing.
+    """
+
+    path: str
+    archived: str | None
+    mode: int
+    overwritten: bool
+
+
+@dataclass(frozen=True)
+class InstallRecord:
+    """Everything ``apply`` and ``rollback`` need; JSON-safe, holds no key material."""
+
+    certificate: str
+    layout: Layout
+    config_dir: str
+    created: float
+    archive_dir: str
+    version: str
+    new_files: tuple[NewFile, ...]
+    old_files: tuple[OldFile, ...]
+    params_before: Mapping[str, str]  # explicit main.cf settings before, unexpanded
+    params_default: Mapping[str, str]  # built-in defaults of the names in params_after
+    params_after: Mapping[str, str]  # what apply sets in one postconf -e ({}: no change)
+    prune: tuple[str, ...] = ()  # key-cert: versions older than the previous one
+    notes: tuple[str, ...] = ()  # warnings for the operator (log them)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> InstallRecord:
+        data = json.loads(text)
+        data["layout"] = Layout(data["layout"])
+        data["new_files"] = tuple(NewFile(**f) for f in data["new_files"])
+        data["old_files"] = tuple(OldFile(**f) for f in data["old_files"])
+        data["prune"] = tuple(data.get("prune", ()))
+        data["notes"] = tuple(data.get("notes", ()))
+        return cls(**data)
+
+
+Clock = Callable[[], float]
+
+
+def install(
+    cert: CertificateConfig,
+    bundles: Sequence[KeyBundle],
+    *,
+    postfix: Postfix,
+    state_dir: Path,
+    clock: Clock,
+) -> InstallRecord:
+    """``prepare`` then ``apply``: archive, write, switch main.cf. Does NOT reload Postfix."""
+    record = prepare(cert, bundles, postfix=postfix, state_dir=state_dir, clock=clock)
+    apply(record, postfix=postfix)
+    return record
+
+
+def prepare(
+    cert: CertificateConfig,
+    bundles: Sequence[KeyBundle],
+    *,
+    postfix: Postfix,
+    state_dir: Path,
+    clock: Clock,
+) -> InstallRecord:
+    """Plan an install; changes nothing Postfix reads. Saves ``record.json`` in the archive."""
+    _check_bundles(cert, bundles)
+    _check_layout(cert, postfix)
+    effective = postfix.get(*MANAGED, "queue_directory")
+    explicit = postfix.get_raw(*MANAGED)
+    now = clock()
+    archive = _new_archive(state_dir / "archive" / cert.name, now)
+    version = archive.name
+    targets = _targets(cert, bundles, version)
+    new_files = tuple(_stage(archive, path, data, mode) for path, data, mode in targets)
+    served = served_paths(effective)
+    old_files = _archive_old(archive, [f.path for f in new_files], served)
+    after: dict[str, str] = {}
+    notes: list[str] = []
+    if cert.install.postfix_parameters:
+        kinds = [b.key_type for b in bundles]
+        after = _param_changes(cert, kinds, [f.path for f in new_files], effective)
+    else:
+        notes.extend(_unmanaged_notes(cert, new_files, served))
+    record = InstallRecord(
+        certificate=cert.name,
+        layout=cert.install.layout,
+        config_dir=postfix.config_dir,
+        created=now,
+        archive_dir=str(archive),
+        version=version,
+        new_files=new_files,
+        old_files=old_files,
+        params_before={k: v for k, v in explicit.items() if k in after},
+        params_default=postfix.get_default(*after) if after else {},
+        params_after=after,
+        prune=_prunable(cert, {f.path for f in new_files} | set(served)),
+        notes=tuple(notes),
+    )
+    atomic_write(archive / RECORD_FILE, record.to_json().encode(), mode=0o600)
+    _prune_archives(archive.parent, keep=KEEP_ARCHIVES)
+    return record
+
+
+def apply(record: InstallRecord, *, postfix: Postfix) -> None:
+    """Write the new files, then switch main.cf in ONE ``postconf -e``; prune old versions.
+
+    chain-files: the rename of each file is the swap. key-cert: the versioned files are new
+    names no smtpd reads until the single main.cf change. Repeating ``apply`` is harmless.
+    """
+    for new in record.new_files:
+        data = _read(Path(new.staged), "staged copy")
+        _mkdir(Path(new.path).parent)
+        atomic_write(Path(new.path), data, mode=new.mode)
+    if record.params_after:
+        postfix.set(record.params_after)
+    for path in record.prune:
+        Path(path).unlink(missing_ok=True)
+
+
+def rollback(record: InstallRecord, *, postfix: Postfix) -> None:
+    """Put back what was served before ``record``'s install: files, then main.cf. No reload.
+
+    Order matters: the old files are in place before main.cf points at them again, and the
+    files that did not exist before are removed only once nothing points at them.
+    """
+    for old in record.old_files:
+        path = Path(old.path)
+        if old.archived is None or not (old.overwritten or not path.exists()):
+            continue
+        data = _read(Path(old.archived), "archived copy")
+        if not path.exists() or path.read_bytes() != data:
+            _mkdir(path.parent)
+            atomic_write(path, data, mode=old.mode)
+    if record.params_after:
+        restore = {
+            name: record.params_before.get(name, record.params_default.get(name, ""))
+            for name in record.params_after
+        }
+        postfix.set(restore)  # one rename: main.cf means exactly what it meant before
+        # Cosmetic: names that were at their defaults go back to being absent from main.cf.
+        postfix.unset(*(name for name in record.params_after if name not in record.params_before))
+    for old in record.old_files:
+        if old.archived is None and old.overwritten:
+            Path(old.path).unlink(missing_ok=True)
+
+
+# --- planning helpers -------------------------------------------------------------------------
+
+
+def _nl(pem: bytes) -> bytes:
+    return pem if pem.endswith(b"\n") else pem + b"\n"
+
+
+def _check_bundles(cert: CertificateConfig, bundles: Sequence[KeyBundle]) -> None:
+    """Refuse, before anything changes, a bundle whose key is not the key of its leaf."""
+    from certman.keys import key_type_of, load_pem_chain, load_private_key, spki_sha256
+
+    kinds = [b.key_type for b in bundles]
+    if not bundles or len(set(kinds)) != len(kinds):
+        raise CertmanError(
+            f"certificate {cert.name}: expected one bundle per key type, got {kinds}"
+        )
+    for bundle in bundles:
+        where = f"certificate {cert.name} ({bundle.key_type})"
+        key = load_private_key(bundle.key_pem, where)
+        chain = load_pem_chain(bundle.fullchain_pem, where)
+        if not chain:
+            raise CertmanError(f"{where}: the chain holds no certificate")
+        if spki_sha256(key.public_key()) != spki_sha256(chain[0].public_key()):
+            raise CertmanError(f"{where}: the private key does not match the leaf certificate")
+        if key_type_of(key) is not bundle.key_type:
+            raise CertmanError(f"{where}: the private key is {key_type_of(key)}")
+
+
+def _check_layout(cert: CertificateConfig, postfix: Postfix) -> None:
+    if cert.install.layout is Layout.CHAIN_FILES and not supports_chain_files(postfix):
+        raise ConfigError(
+            f"certificates.{cert.name}.postfix.layout: chain-files needs Postfix 3.4 or later "
+            f'({postfix.config_dir} runs {postfix.version()}); use layout = "key-cert"'
+        )
+
+
+def _targets(
+    cert: CertificateConfig, bundles: Sequence[KeyBundle], version: str
+) -> list[tuple[Path, bytes, int]]:
+    directory = cert.install.directory
+    out: list[tuple[Path, bytes, int]] = []
+    for bundle in bundles:
+        stem = f"{cert.name}-{bundle.key_type}"
+        if cert.install.layout is Layout.CHAIN_FILES:
+            out.append((directory / f"{stem}.pem", bundle.chain_file_pem(), 0o600))
+            continue
+        # Versioned names only when certman switches main.cf; otherwise fixed names (racy).
+        if cert.install.postfix_parameters:
+            stem = f"{stem}-{version}"
+        out.append((directory / f"{stem}.key", _nl(bundle.key_pem), 0o600))
+        out.append((directory / f"{stem}.crt", _nl(bundle.fullchain_pem), 0o644))
+    return out
+
+
+def _new_archive(base: Path, now: float) -> Path:
+    private_dir(base)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    for attempt in range(1000):
+        candidate = base / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return candidate
+    raise CertmanError(f"{base}: cannot create a new archive directory for {stamp}")
+
+
+def _stage(archive: Path, path: Path, data: bytes, mode: int) -> NewFile:
+    staged = private_dir(archive / "new") / path.name
+    atomic_write(staged, data, mode=0o600)
+    return NewFile(str(path), str(staged), mode)
+
+
+def _archive_old(archive: Path, written: list[str], served: list[str]) -> tuple[OldFile, ...]:
+    old: list[OldFile] = []
+    for index, name in enumerate(dict.fromkeys([*written, *served])):
+        path = Path(name)
+        overwritten = name in written
+        if not path.exists():
+            if overwritten:
+                old.append(OldFile(name, None, 0, True))
+            continue
+        copy = private_dir(archive / "old") / f"{index}-{path.name}"
+        data = _read(path, "served file")
+        atomic_write(copy, data, mode=0o600)
+        old.append(OldFile(name, str(copy), path.stat().st_mode & 0o7777, overwritten))
+    return tuple(old)
+
+
+def _param_changes(
+    cert: CertificateConfig, kinds: list[KeyType], paths: list[str], effective: Mapping[str, str]
+) -> dict[str, str]:
+    """The main.cf settings that differ from what certman's files need (one postconf -e).
+
+    chain-files: ``smtpd_tls_chain_files`` lists the files. When main.cf used the legacy
+    parameters until now (switching layouts), those are emptied in the same call: Postfix
+    ignores them once chain files are set but logs a warning if any is non-empty (postconf(5)),
+    and leaving stale paths there invites a later hand edit to serve an old key. When chain
+    files were already in use the legacy settings are left as the operator has them.
+    key-cert: the key/cert pairs, the ECDSA pair emptied in a single-key setup (a stale
+    certificate would still be served to ECDSA clients), and ``smtpd_tls_chain_files`` emptied,
+    because while it is non-empty Postfix ignores the legacy parameters.
+    """
+    wanted: dict[str, str] = {}
+    current_chain = split_list(effective.get(CHAIN_FILES, ""))
+    if cert.install.layout is Layout.CHAIN_FILES:
+        if set(current_chain) != set(paths):
+            wanted[CHAIN_FILES] = ", ".join(paths)
+        if not current_chain:
+            wanted.update({n: "" for pair in LEGACY_PAIRS for n in pair if effective.get(n)})
+        return wanted
+    pairs = [(paths[i + 1], paths[i]) for i in range(0, len(paths), 2)]  # (crt, key)
+    rsa_first = sorted(zip(kinds, pairs, strict=True), key=lambda kp: not kp[0].is_rsa)
+    slots = [pair for _, pair in rsa_first] + [("", "")] * (len(LEGACY_PAIRS) - len(rsa_first))
+    for (cert_name, key_name), (crt, key) in zip(LEGACY_PAIRS, slots, strict=True):
+        key_value = key if crt else ""
+        if effective.get(cert_name, "") != crt:
+            wanted[cert_name] = crt
+        if effective.get(key_name, "") != key_value:
+            wanted[key_name] = key_value
+    if current_chain:
+        wanted[CHAIN_FILES] = ""
+    return wanted
+
+
+def _unmanaged_notes(
+    cert: CertificateConfig, new_files: Sequence[NewFile], served: list[str]
+) -> list[str]:
+    """What the operator should know when certman may not touch main.cf (set_parameters off)."""
+    notes = []
+    if cert.install.layout is Layout.KEY_CERT:
+        notes.append(
+            f"certificate {cert.name}: layout key-cert without set_parameters swaps key and "
+            "certificate with two renames; an smtpd starting between them loads a mismatched "
+            "pair (use layout chain-files)"
+        )
+    missing = [f.path for f in new_files if f.path not in served]
+    if missing:
+        notes.append(
+            f"certificate {cert.name}: set_parameters is false and main.cf does not reference "
+            f"{', '.join(missing)}; Postfix will not serve the new files until it does"
+        )
+    return notes
+
+
+def _version_pattern(cert: CertificateConfig) -> re.Pattern[str]:
+    kinds = "|".join(re.escape(k.value) for k in KeyType)
+    return re.compile(
+        rf"^{re.escape(cert.name)}-(?:{kinds})-\d{{8}}T\d{{6}}Z(?:-\d+)?\.(?:key|crt)$"
+    )
+
+
+def _prunable(cert: CertificateConfig, keep: set[str]) -> tuple[str, ...]:
+    """key-cert versions that are neither the new one nor the one served before it."""
+    directory = cert.install.directory
+    if cert.install.layout is not Layout.KEY_CERT or not directory.is_dir():
+        return ()
+    pattern = _version_pattern(cert)
+    return tuple(
+        str(p) for p in sorted(directory.iterdir()) if pattern.match(p.name) and str(p) not in keep
+    )
+
+
+def _prune_archives(base: Path, keep: int) -> None:
+    dirs = sorted(p for p in base.iterdir() if p.is_dir())
+    for old in dirs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _mkdir(directory: Path) -> None:
+    # 0755: the key files themselves are 0600; smtpd reads them as root before dropping
+    # privileges (TLS_README), other readers of the .crt files may not be root.
+    if not directory.is_dir():
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CertmanError(f"{path}: cannot read {what}: {exc.strerror}") from None
