@@ -64,7 +64,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     for line in describe_config(cfg):
         _say(line)
-    _say(f"{cfg.path}: OK")
+    _say(f"# {cfg.path}: OK")
     return 0
 
 

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration commands")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     cfg_sub.add_parser(
-        "check", help="validate and print the effective config (secrets redacted)"
+        "check", help="validate; print the effective config as TOML (secrets by their source)"
     ).set_defaults(func=commands.cmd_config_check)
 
     issue = sub.add_parser(
