@@ -45,7 +45,7 @@ EXIT_CONFLICT = 3
 
 @dataclass(frozen=True)
 class ExecOptions:
-    """``[dns.NAME]`` with ``type = "exec"``; see README "DNS provider: exec"."""
+    """``[dns.NAME]`` with ``type = "exec"``; see docs/providers/exec.md."""
 
     command: tuple[str, ...]
     zone: str | None = None

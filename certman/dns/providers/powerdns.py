@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PowerDnsOptions:
-    """``[dns.NAME]`` with ``type = "powerdns"``; see README "DNS provider: powerdns"."""
+    """``[dns.NAME]`` with ``type = "powerdns"``; see docs/providers/powerdns.md."""
 
     api_url: str
     api_key: str = field(repr=False)

@@ -99,7 +99,7 @@ def _checked(name: str, algorithm: str, secret: str, source: str) -> TsigKey:
 
 @dataclass(frozen=True)
 class Rfc2136Options:
-    """``[dns.NAME]`` with ``type = "rfc2136"``; see README "DNS provider: rfc2136"."""
+    """``[dns.NAME]`` with ``type = "rfc2136"``; see docs/providers/rfc2136.md."""
 
     server: str | None = None
     port: int = 53

@@ -47,7 +47,7 @@ _BATCH_REJECTED = ("InvalidChangeBatch", "InvalidInput")
 
 @dataclass(frozen=True)
 class Route53Options:
-    """``[dns.NAME]`` with ``type = "route53"``; see README "DNS provider: route53"."""
+    """``[dns.NAME]`` with ``type = "route53"``; see docs/providers/route53.md."""
 
     hosted_zone_id: str | None = None
     zone: str | None = None
