@@ -125,23 +125,42 @@ def cmd_rollover(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """For cron and systemd: advance every certificate as far as it goes now, then exit."""
-    from certman.lifecycle.engine import advance
+    """For cron and systemd: advance every certificate as far as it goes now, then exit.
+
+    Exit code (docs/operations.md, "Exit codes"): 1 when any certificate failed or is backing
+    off after a failure, else 75 when one was locked by another run or the CA asked to retry
+    later, else 0. ``--quiet`` prints only what makes the run fail, so cron mails only then.
+    """
+    from certman.lifecycle.engine import advance, backing_off
 
     cfg = _load(args)
     ctx = _context(cfg, verbose=not args.quiet)
-    failures = 0
+    codes = [0]
     for cert in _certificates(cfg, args.names):
         try:
             outcome = advance(ctx, cert, max_wait=args.max_wait)
         except CertmanError as exc:
-            failures += 1
-            print(f"certman: {cert.name}: {exc}", file=sys.stderr, flush=True)
+            codes.append(exc.exit_code)
+            if exc.exit_code != TEMPFAIL or not args.quiet:
+                print(f"certman: {cert.name}: {exc}", file=sys.stderr, flush=True)
             continue
-        if not args.quiet or outcome.waiting:
+        failing = backing_off(outcome, time.time())
+        codes.append(1 if failing else 0)
+        if not args.quiet or failing:
             _report_outcome(outcome)
-    failures += _run_dhparams(cfg, args.quiet)
-    return 1 if failures else 0
+    codes.append(_run_dhparams(cfg, args.quiet))
+    return worst_exit(codes)
+
+
+TEMPFAIL = 75  # EX_TEMPFAIL (sysexits.h): lock held, CA asked to retry later
+
+
+def worst_exit(codes: Sequence[int]) -> int:
+    """The run's exit code from its parts: configuration > failure > temporary > success."""
+    for code in (2, 1, TEMPFAIL):
+        if code in codes:
+            return code
+    return max(codes, default=0)
 
 
 def _run_dhparams(cfg: Config, quiet: bool) -> int:

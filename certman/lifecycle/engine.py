@@ -36,6 +36,15 @@ class Outcome:
         return self.wait_until is not None
 
 
+def backing_off(outcome: Outcome, now: float) -> bool:
+    """True while ``outcome``'s certificate waits out the back-off after a recorded failure:
+    ``certman run`` exits 1 then (the certificate is in error), not 0."""
+    state = outcome.state
+    return (
+        state.last_error is not None and state.retry_after is not None and now < state.retry_after
+    )
+
+
 def policy_for(cert: CertificateConfig) -> Policy:
     dane = cert.dane
     return Policy(
