@@ -30,6 +30,11 @@ class DnsError(CertmanError):
     """A DNS provider or nameserver refused or failed an operation."""
 
 
+class ResolverUnreachable(DnsError):
+    """No resolver answered at all (time-outs, refused connections): nothing is known about the
+    name, which ``certman check`` reports as UNKNOWN rather than as a DNS problem."""
+
+
 class ConflictError(DnsError):
     """A compare-and-swap on an RRset lost a race with another writer; reread and retry."""
 

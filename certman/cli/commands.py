@@ -205,14 +205,41 @@ def cmd_tlsa(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from certman.lifecycle.report import check_problems
+    """The monitoring plugin: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for a config
+    error, which a monitoring system must not read as CRITICAL)."""
+    import json
 
-    cfg = _load(args)
-    problems = check_problems(cfg)
-    for line in problems:
-        _say(f"problem: {line}")
-    _say("check: OK" if not problems else f"check: {len(problems)} problem(s)")
-    return 1 if problems else 0
+    from certman.monitor.check import run_check
+    from certman.monitor.state import Thresholds
+
+    try:
+        cfg = _load(args)
+    except CertmanError as exc:
+        if args.json:
+            _say(json.dumps({"status": "UNKNOWN", "exit_code": 3, "summary": str(exc)}))
+        else:
+            _say(f"CERTMAN UNKNOWN - {exc}")
+        return 3
+    hours = 3600.0
+    thresholds = Thresholds(
+        expiry_critical_days=args.critical_days,
+        renewal_grace=args.renewal_grace_hours * hours,
+        error_critical=args.error_critical_hours * hours,
+        hold_grace=args.hold_grace_hours * hours,
+    )
+    report = run_check(
+        cfg,
+        thresholds=thresholds,
+        timeout=args.timeout,
+        postfix_audit=not args.no_postfix,
+        only_postfix=args.postfix,
+    )
+    if args.json:
+        _say(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.lines():
+            _say(line)
+    return int(report.severity)
 
 
 def cmd_dhparams(args: argparse.Namespace) -> int:

@@ -79,9 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     tlsa.add_argument("name")
     tlsa.set_defaults(func=commands.cmd_tlsa)
 
-    sub.add_parser(
-        "check", help="the monitoring check: state, DNS records and Postfix settings"
-    ).set_defaults(func=commands.cmd_check)
+    _add_check(sub)
 
     dh = sub.add_parser("dhparams", help="regenerate Postfix DH parameters when due")
     dh.add_argument(
@@ -91,6 +89,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tool_commands(sub)
     return parser
+
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``certman check``: a monitoring plugin (docs/monitoring.md)."""
+    check = sub.add_parser(
+        "check",
+        help="monitoring plugin: live TLS vs TLSA, expiry, state, DH files, Postfix TLS audit "
+        "(exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
+    )
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument(
+        "--timeout", type=float, default=30.0, help="for the whole check, then UNKNOWN (30 s)"
+    )
+    check.add_argument(
+        "--postfix", action="store_true", help="only the Postfix TLS audit (findings CRITICAL)"
+    )
+    check.add_argument("--no-postfix", action="store_true", help="skip the Postfix TLS audit")
+    check.add_argument(
+        "--critical-days", type=float, default=7.0, help="CRITICAL at this many days left (7)"
+    )
+    check.add_argument(
+        "--renewal-grace-hours",
+        type=float,
+        default=48.0,
+        help="WARNING when renewal is overdue by this long (48)",
+    )
+    check.add_argument(
+        "--error-critical-hours",
+        type=float,
+        default=24.0,
+        help="a certificate failing for this long is CRITICAL, before that WARNING (24)",
+    )
+    check.add_argument(
+        "--hold-grace-hours",
+        type=float,
+        default=6.0,
+        help="WARNING when a rollover is still unfinished this long after not_before (6)",
+    )
+    check.set_defaults(func=commands.cmd_check)
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

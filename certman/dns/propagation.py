@@ -31,7 +31,7 @@ from certman.dns.zone import (
     show_rrset,
     show_server,
 )
-from certman.errors import DnsError, PropagationTimeout
+from certman.errors import DnsError, PropagationTimeout, ResolverUnreachable
 
 SERIAL_BITS = 32
 _HALF = 2 ** (SERIAL_BITS - 1)
@@ -387,4 +387,6 @@ def validated_rrset(
         if not reply.flags & dns.flags.AD:
             raise DnsError(f"{where}: answer not DNSSEC-validated (no AD bit)")
         return answer_rrset(reply, name, rdtype)
-    raise DnsError(f"{name} {rdtype}: no validating resolver answered ({'; '.join(failures)})")
+    raise ResolverUnreachable(
+        f"{name} {rdtype}: no validating resolver answered ({'; '.join(failures)})"
+    )

@@ -1,10 +1,10 @@
-"""Read-only views for the CLI: status, zone records, rollover plans, checks."""
+"""Read-only views for the CLI: status, zone records, rollover plans (checks: certman.monitor)."""
 
 from __future__ import annotations
 
 import time
 
-from certman.config.schema import CertificateConfig, Config, DhMode
+from certman.config.schema import CertificateConfig, Config
 from certman.lifecycle import rollover
 from certman.lifecycle.state import Phase, State
 from certman.lifecycle.statefile import CertDir
@@ -132,56 +132,3 @@ def compromise_notice(state: State) -> str:
         f"the compromised key's record was removed from every nameserver at {_stamp(retired)}; "
         f"validating senders may still hold it until {_stamp(retired + ttl)} (TTL {ttl} s)"
     )
-
-
-def check_problems(cfg: Config) -> list[str]:
-    """What ``certman check`` reports: Postfix serving another key than certman's current one,
-    TLSA RRsets that validating resolvers do not return with the served key, stale DH files."""
-    problems: list[str] = []
-    for cert in cfg.certificates.values():
-        problems += _certificate_problems(cfg, cert)
-    if cfg.dhparams.mode is not DhMode.OFF:
-        from certman.dh import run as dhparams
-        from certman.postfix.commands import Postfix
-
-        problems += dhparams.check(cfg.dhparams, Postfix(cfg.postfix), cfg.state_dir, time.time())
-    return problems
-
-
-def _certificate_problems(cfg: Config, cert: CertificateConfig) -> list[str]:
-    from certman import keys
-    from certman.dns.propagation import validated_rrset
-    from certman.errors import CertmanError
-    from certman.postfix.commands import Postfix, served_keys
-
-    state = _load_state(cfg, cert)
-    if state.phase is Phase.NEW:
-        return [f"{cert.name}: no state yet; run `certman run` to adopt what Postfix serves"]
-    problems = []
-    try:
-        served = served_keys(cert, Postfix(cfg.postfix))
-    except CertmanError as exc:
-        return [f"{cert.name}: {exc}"]
-    current = {k.spki_sha256 for k in state.current.values()}
-    for item in served:
-        key = keys.load_private_key(item.private_key_pem, item.source_path)
-        if keys.spki_sha256(key.public_key()) not in current:
-            problems.append(
-                f"{cert.name}: Postfix serves {item.source_path}, a key certman does not know "
-                "as current (changed by hand or by another tool?)"
-            )
-    if cert.dane is None or state.phase is not Phase.STEADY:
-        return problems
-    for name in cert.dane.tlsa_names():
-        try:
-            rrset = validated_rrset(name, "TLSA", cfg.resolvers, cfg.propagation.query_timeout)
-        except CertmanError as exc:
-            problems.append(f"{cert.name}: {exc}")
-            continue
-        digests = {r.split()[-1] for r in rrset.rdatas} if rrset else set()
-        for key_info in state.current.values():
-            if key_info.spki_sha256 not in digests:
-                problems.append(
-                    f"{cert.name}: {name} has no 3 1 1 record for the served key {key_info.id}"
-                )
-    return problems

@@ -1,0 +1,1 @@
+"""`certman check`: the monitoring plugin (findings, thresholds, the concurrent live checks)."""
