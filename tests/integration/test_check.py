@@ -144,7 +144,7 @@ def test_an_expired_certificate_or_no_starttls_is_critical(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=90))
         .not_valid_after(now - datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(key, hashes.SHA256())
     )
     chain = healthy.parent / "expired.pem"
     chain.write_bytes(
