@@ -112,7 +112,18 @@ def cmd_rollover(args: argparse.Namespace) -> int:
         from certman.lifecycle.report import rollover_plan
 
         cfg = _load(args)
-        for line in rollover_plan(cfg, cfg.certificate(args.name), compromised=args.compromised):
+        plan = rollover_plan(cfg, cfg.certificate(args.name), compromised=args.compromised)
+        if getattr(args, "json", False):
+            kind = "compromised" if args.compromised else "rollover"
+            _print_json(
+                {
+                    "certificate": args.name,
+                    "operation": kind,
+                    "steps": [line.strip() for line in plan[1:]],
+                }
+            )
+            return 0
+        for line in plan:
             _say(line)
         return 0
     request = Operation.COMPROMISED if args.compromised else Operation.ROLLOVER
@@ -180,10 +191,21 @@ def _run_dhparams(cfg: Config, quiet: bool) -> int:
     return 0 if report.ok else 1
 
 
+def _print_json(document: object) -> None:
+    import json
+
+    _say(json.dumps(document, indent=2, sort_keys=True))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from certman.lifecycle.report import status_lines
+    from certman.lifecycle.report import status_document, status_lines
 
     cfg = _load(args)
+    if getattr(args, "json", False):
+        now = time.time()
+        certs = [status_document(cfg, c, now) for c in _certificates(cfg, args.names)]
+        _print_json({"certificates": certs})
+        return 0
     for cert in _certificates(cfg, args.names):
         for line in status_lines(cfg, cert, time.time()):
             _say(line)
@@ -196,9 +218,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_tlsa(args: argparse.Namespace) -> int:
-    from certman.lifecycle.report import zone_records
+    from certman.lifecycle.report import zone_document, zone_records
 
     cfg = _load(args)
+    if getattr(args, "json", False):
+        _print_json(zone_document(cfg, cfg.certificate(args.name)))
+        return 0
     for line in zone_records(cfg, cfg.certificate(args.name)):
         _say(line)
     return 0

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     roll = sub.add_parser("rollover", help="roll to the published next key now, waiting as needed")
     roll.add_argument("name")
     roll.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    roll.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     roll.add_argument("--compromised", action="store_true", help="roll to a freshly generated key")
     roll.add_argument("--wait-lock", action="store_true", help="wait for another run's lock")
     roll.set_defaults(func=commands.cmd_rollover)
@@ -73,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="phase, keys, records, deadlines, last error")
     status.add_argument("names", nargs="*")
+    status.add_argument("--json", action="store_true", help="print the state as JSON")
     status.set_defaults(func=commands.cmd_status)
 
     tlsa = sub.add_parser("tlsa", help="print the TLSA records the zone should hold now")
     tlsa.add_argument("name")
+    tlsa.add_argument("--json", action="store_true", help="print the records as JSON")
     tlsa.set_defaults(func=commands.cmd_tlsa)
 
     _add_check(sub)

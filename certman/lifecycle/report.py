@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from certman.config.schema import CertificateConfig, Config
 from certman.lifecycle import rollover
@@ -63,6 +64,43 @@ def status_lines(cfg: Config, cert: CertificateConfig, now: float) -> list[str]:
     lines.append(f"  last ok  {_stamp(state.last_success)}")
     lines += [f"  history  {h}" for h in state.history[-5:]]
     return lines
+
+
+def status_document(cfg: Config, cert: CertificateConfig, now: float) -> dict[str, Any]:
+    """``certman status --json``: the state as saved (docs/schemas/status.json), no secrets
+    (the state holds none), plus the derived facts the text form shows."""
+    from certman.lifecycle.state import to_json
+
+    state = _load_state(cfg, cert)
+    doc = to_json(state)
+    doc.pop("install_record", None)  # internal rollback record, not an interface
+    doc["backing_off"] = bool(
+        state.last_error and state.retry_after is not None and now < state.retry_after
+    )
+    doc["tlsa_names"] = cert.dane.tlsa_names() if cert.dane else []
+    doc["days_left"] = {
+        slot: round((info.not_after - now) / 86400, 3) for slot, info in state.certs.items()
+    }
+    return doc
+
+
+def zone_document(cfg: Config, cert: CertificateConfig) -> dict[str, Any]:
+    """``certman tlsa NAME --json`` (docs/schemas/tlsa.json)."""
+    from certman.lifecycle.steps.dane import key_records
+
+    doc: dict[str, Any] = {"certificate": cert.name, "records": []}
+    if cert.dane is None:
+        return doc
+    state = _load_state(cfg, cert)
+    if state.phase is Phase.NEW:
+        return doc
+    cdir = CertDir.of(cfg.state_dir, cert.name)
+    ttl = cert.dane.ttl or 300
+    records = sorted(key_records(cert, cdir, rollover.wanted_keys(state)))
+    doc["records"] = [
+        {"owner": name, "ttl": ttl, "rdata": r} for name in cert.dane.tlsa_names() for r in records
+    ]
+    return doc
 
 
 def zone_records(cfg: Config, cert: CertificateConfig) -> list[str]:

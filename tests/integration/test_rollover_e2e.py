@@ -7,6 +7,7 @@ would be seen (the deliberately broken build below proves the prober sees it).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from certgen import make_pki
 from helpers import Prober, write_config
+from schemas import validate
 from testbed import Testbed
 
 from certman import keys
@@ -248,6 +250,15 @@ def test_status_tlsa_dry_run_and_check_describe_the_real_state(
     assert "next key published and aged" in plan and "remove the old key's record" in plan
     assert CertDir.of(load(mx1).state_dir, "mx1").state_file.read_bytes() == before_state
     assert published(testbed, "_25._tcp.mx1.dane.test") == before_dns
+    for argv, schema in (
+        (["status", "--json"], "status"),
+        (["tlsa", "mx1", "--json"], "tlsa"),
+        (["rollover", "mx1", "--dry-run", "--json"], "rollover-plan"),
+    ):
+        assert main(["--config", str(mx1), *argv]) == 0
+        document = json.loads(capsys.readouterr().out)
+        validate(schema, document)
+    assert document["steps"][-1].endswith("remove the old key's record, publish a new next key")
     assert main(["--config", str(mx1), "check", "--no-postfix"]) == 0
     assert capsys.readouterr().out.startswith("CERTMAN OK - ")
     # Someone points Postfix at another key behind certman's back: check says so.
