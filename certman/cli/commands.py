@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from certman.cli.log import Level, Log, configure
 from certman.config.load import config_path, load_config
 from certman.config.schema import DhMode
 from certman.errors import CertmanError
@@ -42,16 +43,37 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
 
 
-def _context(cfg: Config, *, verbose: bool = True) -> Context:
+def _log(args: argparse.Namespace) -> Log:
+    """The log ``main`` configured (-v, -q, --log-format); a plain one for direct callers."""
+    log = getattr(args, "log", None)
+    return log if log is not None else configure()
+
+
+def _context(cfg: Config, log: Log) -> Context:
     from certman.lifecycle.context import Context
 
-    return Context(cfg, time.time, time.sleep, _say if verbose else (lambda _m: None))
+    return Context(cfg, time.time, time.sleep, log.info, notice=log.notice)
 
 
-def _countdown(step: Step, remaining: float) -> None:
-    """Shown while ``certman rollover`` waits: what for, and for how long."""
-    if remaining >= 1 and (int(remaining) % 10 == 0 or remaining < 10 or not sys.stdout.isatty()):
-        _say(f"  waiting {remaining:4.0f} s: {step.reason}")
+class Countdown:
+    """Shown while a command waits: on a terminal a countdown (every 10 s, then every second
+    of the last 10); elsewhere (journal, file, pipe) one line per wait, not one per second."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.shown: tuple[str, float] | None = None
+
+    def __call__(self, step: Step, remaining: float) -> None:
+        if remaining < 1:
+            return
+        if self.log.terminal:
+            if int(remaining) % 10 == 0 or remaining < 10:
+                self.log.info(f"  waiting {remaining:4.0f} s: {step.reason}")
+            return
+        until = step.wait_until if step.wait_until is not None else time.time() + remaining
+        if self.shown != (step.reason, until):
+            self.shown = (step.reason, until)
+            self.log.info(f"  waiting {remaining:.0f} s (until {_stamp(until)}): {step.reason}")
 
 
 def _certificates(cfg: Config, names: Sequence[str]) -> list[CertificateConfig]:
@@ -75,27 +97,30 @@ def _drive(
 
     cfg = _load(args)
     cert = cfg.certificate(name)
-    ctx = _context(cfg)
+    ctx = _context(cfg, _log(args))
     outcome = advance(
         ctx,
         cert,
         request=request,
         max_wait=max_wait,
         wait_lock=getattr(args, "wait_lock", False),
-        on_wait=_countdown,
+        on_wait=Countdown(_log(args)),
     )
     _report_outcome(outcome)
     return outcome
 
 
 def _report_outcome(outcome: Outcome) -> None:
+    _say(_outcome_line(outcome))
+
+
+def _outcome_line(outcome: Outcome) -> str:
     state = outcome.state
     if outcome.waiting:
         resume = _stamp(outcome.wait_until)
-        _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}; resume after {resume}")
-    else:
-        due = f"; renewal due {_stamp(state.renew_after)}" if state.renew_after else ""
-        _say(f"{outcome.name}: {state.phase.value}: {outcome.reason}{due}")
+        return f"{outcome.name}: {state.phase.value}: {outcome.reason}; resume after {resume}"
+    due = f"; renewal due {_stamp(state.renew_after)}" if state.renew_after else ""
+    return f"{outcome.name}: {state.phase.value}: {outcome.reason}{due}"
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
@@ -145,21 +170,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from certman.lifecycle.engine import advance, backing_off
 
     cfg = _load(args)
-    ctx = _context(cfg, verbose=not args.quiet)
+    log = _log(args)
+    if args.quiet:
+        log.threshold = min(log.threshold, Level.WARNING)
+    ctx = _context(cfg, log)
     codes = [0]
     for cert in _certificates(cfg, args.names):
         try:
-            outcome = advance(ctx, cert, max_wait=args.max_wait)
+            outcome = advance(ctx, cert, max_wait=args.max_wait, on_wait=Countdown(log))
         except CertmanError as exc:
             codes.append(exc.exit_code)
-            if exc.exit_code != TEMPFAIL or not args.quiet:
-                print(f"certman: {cert.name}: {exc}", file=sys.stderr, flush=True)
+            # A held lock or "retry later" is routine (exit 75): not worth a cron mail.
+            level = Level.NOTICE if exc.exit_code == TEMPFAIL else Level.ERR
+            log(level, f"certman: {cert.name}: {exc}")
             continue
         failing = backing_off(outcome, time.time())
         codes.append(1 if failing else 0)
-        if not args.quiet or failing:
-            _report_outcome(outcome)
-    codes.append(_run_dhparams(cfg, args.quiet))
+        log(Level.ERR if failing else Level.INFO, _outcome_line(outcome))
+    codes.append(_run_dhparams(cfg, log))
     return worst_exit(codes)
 
 
@@ -174,7 +202,7 @@ def worst_exit(codes: Sequence[int]) -> int:
     return max(codes, default=0)
 
 
-def _run_dhparams(cfg: Config, quiet: bool) -> int:
+def _run_dhparams(cfg: Config, log: Log) -> int:
     if cfg.dhparams.mode in (DhMode.OFF, DhMode.AUTO):
         return 0
     from certman.dh import run as dhparams
@@ -183,11 +211,10 @@ def _run_dhparams(cfg: Config, quiet: bool) -> int:
     try:
         report = dhparams.advance(cfg.dhparams, Postfix(cfg.postfix), cfg.state_dir, time.time())
     except CertmanError as exc:
-        print(f"certman: dhparams: {exc}", file=sys.stderr, flush=True)
+        log.err(f"certman: dhparams: {exc}")
         return 1
     for line in report.lines():
-        if not quiet or not report.ok:
-            _say(f"dhparams: {line}")
+        log(Level.INFO if report.ok else Level.ERR, f"dhparams: {line}")
     return 0 if report.ok else 1
 
 
@@ -289,7 +316,7 @@ def cmd_hook_certbot(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     lineage = lineage_from(args.lineage, os.environ)
-    for line in deploy_hook(_context(cfg), lineage, dry_run=args.dry_run):
+    for line in deploy_hook(_context(cfg, _log(args)), lineage, dry_run=args.dry_run):
         _say(line)
     return 0
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from certman.cli import commands
+from certman.cli.log import configure
 from certman.errors import CertmanError
 from certman.model import KeyType
 
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", "-c", help="config file (default $CERTMAN_CONFIG or /etc/certman/certman.toml)"
     )
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log debug lines too")
+    parser.add_argument(
+        "-q", "--quiet", dest="log_quiet", action="store_true", help="log warnings and errors only"
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cfg = sub.add_parser("config", help="configuration commands")
@@ -184,10 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    args.log = configure(verbose=args.verbose, quiet=args.log_quiet, fmt=args.log_format)
     try:
         return func(args)
     except CertmanError as exc:
-        print(f"certman: {exc}", file=sys.stderr, flush=True)
+        args.log.err(f"certman: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         print("certman: interrupted; the next run resumes where this one stopped", file=sys.stderr)

@@ -21,6 +21,7 @@ class Context:
     clock: Callable[[], float]
     sleep: Callable[[float], None]
     progress: Callable[[str], None] = lambda message: None
+    notice: Callable[[str], None] = lambda message: None  # one line per change (log level 5)
     _providers: dict[str, DnsProvider] = field(default_factory=dict)
     _postfix: Postfix | None = None
 

@@ -86,6 +86,9 @@ def advance(
             ctx.progress(f"{cert.name}: {step.reason}")
             state, wait_until = _perform_guarded(ctx, cert, cdir, state, step, policy)
             cdir.save(state)
+            change = _change(step.action, state)
+            if change:
+                ctx.notice(f"{cert.name}: {change}")
             if step.action is Action.ROLLBACK:
                 # Saved first: the rolled-back STEADY state must not be overwritten by the
                 # failure path, which would leave the phase at ROLLBACK for every later run.
@@ -99,6 +102,26 @@ def advance(
                 if on_wait:
                     on_wait(state_wait, wait_until - ctx.clock())
                 ctx.sleep(max(0.0, wait_until - ctx.clock()))
+
+
+# One notice line per change to the outside world (log level 5), after it was saved.
+_CHANGES = {
+    Action.ADOPT: "adopted the key Postfix serves",
+    Action.PUBLISH: "TLSA records written",
+    Action.ISSUE: "certificate issued",
+    Action.INSTALL: "new files switched in, Postfix reloaded",
+    Action.VERIFY: "live endpoints verified against the validated TLSA records",
+    Action.ROLLBACK: "rolled back: previous files restored, Postfix reloaded",
+    Action.FINISH: "operation finished",
+}
+
+
+def _change(action: Action | None, state: State) -> str | None:
+    if action is Action.INSTALL and state.phase is not Phase.VERIFY:
+        return None  # nothing was installed
+    if action is Action.VERIFY and state.phase is Phase.ROLLBACK:
+        return None  # the rollback says it
+    return _CHANGES.get(action) if action is not None else None
 
 
 def _perform_guarded(

@@ -69,7 +69,7 @@ def test_backing_off_after_a_failure_exits_1_and_says_why(
     config = _config(tmp_path)
     _state(tmp_path, last_error="CA refused", retry_after=time.time() + 3600)
     assert _run(config) == 1
-    assert "backing off after: CA refused" in capsys.readouterr().out
+    assert "backing off after: CA refused" in capsys.readouterr().err
 
 
 def test_a_failing_step_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
