@@ -30,6 +30,8 @@ from certman.config.schema import (
     HttpChallengeConfig,
     InstallConfig,
     Layout,
+    MetricsConfig,
+    NotifyConfig,
     PostfixConfig,
     PropagationConfig,
     ProviderConfig,
@@ -55,10 +57,44 @@ def parse(path: Path, data: Mapping[str, object]) -> Config:
         for name, section in root.tables("certificates")
     }
     dhparams = _dhparams(root.subtable("dhparams"))
+    metrics = _metrics(root.subtable("metrics"))
+    notify = _notify(root.subtable("notify"))
     root.finish()
     return Config(
-        path, state_dir, resolvers, acme, providers, propagation, postfix, certificates, dhparams
+        path,
+        state_dir,
+        resolvers,
+        acme,
+        providers,
+        propagation,
+        postfix,
+        certificates,
+        dhparams,
+        metrics,
+        notify,
     )
+
+
+def _metrics(s: Section) -> MetricsConfig:
+    config = MetricsConfig(textfile=s.opt_path("textfile"))
+    s.finish()
+    return config
+
+
+def _notify(s: Section) -> NotifyConfig:
+    emails = s.str_list("email", [], nonempty=False)
+    for index, address in enumerate(emails):
+        if "@" not in address or address.startswith("-") or any(c.isspace() for c in address):
+            raise s.error(f"email[{index}]", f"expected a mail address, got {address!r}")
+    config = NotifyConfig(
+        email=tuple(emails),
+        command=tuple(s.str_list("command", [], nonempty=False)),
+        sendmail=s.string("sendmail", "/usr/sbin/sendmail"),
+        sender=s.opt_string("sender"),
+        expiring_days=s.number("expiring_days", 14.0, low=0),
+    )
+    s.finish()
+    return config
 
 
 def _resolvers(s: Section) -> tuple[str, ...]:

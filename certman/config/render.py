@@ -51,6 +51,18 @@ def describe_config(cfg: Config) -> list[str]:
     for cert in cfg.certificates.values():
         lines += _certificate(cert)
     lines += _dhparams(cfg.dhparams)
+    lines += _table("metrics", [("textfile", cfg.metrics.textfile)])
+    n = cfg.notify
+    lines += _table(
+        "notify",
+        [
+            ("email", n.email or None),
+            ("command", n.command or None),
+            ("sendmail", n.sendmail),
+            ("sender", n.sender),
+            ("expiring_days", n.expiring_days),
+        ],
+    )
     return lines
 
 

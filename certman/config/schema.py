@@ -188,6 +188,25 @@ class DhParamsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: a Prometheus textfile-collector file, rewritten atomically each run."""
+
+    textfile: Path | None = None
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """``[notify]``: who learns of failures, rollbacks, finished rollovers, expiring
+    certificates and critical checks; one message per state change."""
+
+    email: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()  # argv; the event as JSON on stdin
+    sendmail: str = "/usr/sbin/sendmail"
+    sender: str | None = None
+    expiring_days: float = 14.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     state_dir: Path
@@ -198,6 +217,8 @@ class Config:
     postfix: PostfixConfig
     certificates: Mapping[str, CertificateConfig]
     dhparams: DhParamsConfig
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def certificate(self, name: str) -> CertificateConfig:
         try:
