@@ -188,7 +188,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         codes.append(1 if failing else 0)
         log(Level.ERR if failing else Level.INFO, _outcome_line(outcome))
     codes.append(_run_dhparams(cfg, log))
+    codes.append(_write_metrics(cfg, log))
     return worst_exit(codes)
+
+
+def _write_metrics(cfg: Config, log: Log) -> int:
+    """``[metrics] textfile``, rewritten after every run (nothing to do when unset)."""
+    if cfg.metrics.textfile is None:
+        return 0
+    from certman.monitor.metrics import write_textfile
+
+    try:
+        write_textfile(cfg, time.time())
+    except (OSError, CertmanError) as exc:
+        log.err(f"certman: metrics: {cfg.metrics.textfile}: {exc}")
+        return 1
+    return 0
 
 
 TEMPFAIL = 75  # EX_TEMPFAIL (sysexits.h): lock held, CA asked to retry later
