@@ -189,7 +189,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         log(Level.ERR if failing else Level.INFO, _outcome_line(outcome))
     codes.append(_run_dhparams(cfg, log))
     codes.append(_write_metrics(cfg, log))
+    codes.append(_notify(cfg, log))
     return worst_exit(codes)
+
+
+def _notify(cfg: Config, log: Log) -> int:
+    """``[notify]``: one message per state change of each certificate (nothing when unset)."""
+    if not (cfg.notify.email or cfg.notify.command):
+        return 0
+    from certman.lifecycle.statefile import CertDir
+    from certman.monitor.notify import notify_run
+
+    try:
+        states = {n: CertDir.of(cfg.state_dir, n).load(n) for n in cfg.certificates}
+        sent, errors = notify_run(cfg, states, time.time())
+    except (OSError, CertmanError) as exc:
+        log.err(f"certman: notify: {exc}")
+        return 1
+    for event in sent:
+        log.notice(f"{event.certificate}: notified: {event.kind}")
+    for error in errors:
+        log.err(f"certman: notify: {error}")
+    return 1 if errors else 0
 
 
 def _write_metrics(cfg: Config, log: Log) -> int:
@@ -306,6 +327,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for line in report.lines():
             _say(line)
+    if cfg.notify.email or cfg.notify.command:
+        from certman.monitor.notify import notify_check
+        from certman.monitor.result import Severity
+
+        critical = report.severity is Severity.CRITICAL
+        try:
+            errors = notify_check(cfg, critical, report.summary(), time.time())
+        except OSError as exc:
+            errors = [str(exc)]
+        for error in errors:  # the plugin's output stays as it is; the reason goes to stderr
+            print(f"certman: notify: {error}", file=sys.stderr, flush=True)
     return int(report.severity)
 
 
