@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from certman.cli import commands
+from certman.cli import commands, unattended
 from certman.cli.log import configure
 from certman.errors import CertmanError
 from certman.model import KeyType
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait", type=float, default=30.0, help="longest inline wait in seconds (default 30)"
     )
     run.add_argument("--quiet", "-q", action="store_true", help="print only what needs attention")
-    run.set_defaults(func=commands.cmd_run)
+    run.set_defaults(func=unattended.cmd_run)
 
     status = sub.add_parser("status", help="phase, keys, records, deadlines, last error")
     status.add_argument("names", nargs="*")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from certman.cli.commands import worst_exit
 from certman.cli.main import main
+from certman.cli.unattended import worst_exit
 from certman.errors import PostfixError, RetryLater
 from certman.lifecycle import engine
 from certman.lifecycle.state import Phase, State

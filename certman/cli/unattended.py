@@ -1,0 +1,108 @@
+"""``certman run``, what cron and the systemd timer start: advance everything, write the metrics
+file, send notifications, and exit with the code that says how it went (docs/operations.md,
+"Exit codes")."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+
+from certman.cli.commands import Countdown, _certificates, _context, _load, _log, _outcome_line
+from certman.cli.log import Level, Log
+from certman.config.schema import Config, DhMode
+from certman.errors import CertmanError
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """For cron and systemd: advance every certificate as far as it goes now, then exit.
+
+    Exit code (docs/operations.md, "Exit codes"): 1 when any certificate failed or is backing
+    off after a failure, else 75 when one was locked by another run or the CA asked to retry
+    later, else 0. ``--quiet`` prints only what makes the run fail, so cron mails only then.
+    """
+    from certman.lifecycle.engine import advance, backing_off
+
+    cfg = _load(args)
+    log = _log(args)
+    if args.quiet:
+        log.threshold = min(log.threshold, Level.WARNING)
+    ctx = _context(cfg, log)
+    codes = [0]
+    for cert in _certificates(cfg, args.names):
+        try:
+            outcome = advance(ctx, cert, max_wait=args.max_wait, on_wait=Countdown(log))
+        except CertmanError as exc:
+            codes.append(exc.exit_code)
+            # A held lock or "retry later" is routine (exit 75): not worth a cron mail.
+            level = Level.NOTICE if exc.exit_code == TEMPFAIL else Level.ERR
+            log(level, f"certman: {cert.name}: {exc}")
+            continue
+        failing = backing_off(outcome, time.time())
+        codes.append(1 if failing else 0)
+        log(Level.ERR if failing else Level.INFO, _outcome_line(outcome))
+    codes.append(_run_dhparams(cfg, log))
+    codes.append(_write_metrics(cfg, log))
+    codes.append(_notify(cfg, log))
+    return worst_exit(codes)
+
+
+def _notify(cfg: Config, log: Log) -> int:
+    """``[notify]``: one message per state change of each certificate (nothing when unset)."""
+    if not (cfg.notify.email or cfg.notify.command):
+        return 0
+    from certman.lifecycle.statefile import CertDir
+    from certman.monitor.notify import notify_run
+
+    try:
+        states = {n: CertDir.of(cfg.state_dir, n).load(n) for n in cfg.certificates}
+        sent, errors = notify_run(cfg, states, time.time())
+    except (OSError, CertmanError) as exc:
+        log.err(f"certman: notify: {exc}")
+        return 1
+    for event in sent:
+        log.notice(f"{event.certificate}: notified: {event.kind}")
+    for error in errors:
+        log.err(f"certman: notify: {error}")
+    return 1 if errors else 0
+
+
+def _write_metrics(cfg: Config, log: Log) -> int:
+    """``[metrics] textfile``, rewritten after every run (nothing to do when unset)."""
+    if cfg.metrics.textfile is None:
+        return 0
+    from certman.monitor.metrics import write_textfile
+
+    try:
+        write_textfile(cfg, time.time())
+    except (OSError, CertmanError) as exc:
+        log.err(f"certman: metrics: {cfg.metrics.textfile}: {exc}")
+        return 1
+    return 0
+
+
+TEMPFAIL = 75  # EX_TEMPFAIL (sysexits.h): lock held, CA asked to retry later
+
+
+def worst_exit(codes: Sequence[int]) -> int:
+    """The run's exit code from its parts: configuration > failure > temporary > success."""
+    for code in (2, 1, TEMPFAIL):
+        if code in codes:
+            return code
+    return max(codes, default=0)
+
+
+def _run_dhparams(cfg: Config, log: Log) -> int:
+    if cfg.dhparams.mode in (DhMode.OFF, DhMode.AUTO):
+        return 0
+    from certman.dh import run as dhparams
+    from certman.postfix.commands import Postfix
+
+    try:
+        report = dhparams.advance(cfg.dhparams, Postfix(cfg.postfix), cfg.state_dir, time.time())
+    except CertmanError as exc:
+        log.err(f"certman: dhparams: {exc}")
+        return 1
+    for line in report.lines():
+        log(Level.INFO if report.ok else Level.ERR, f"dhparams: {line}")
+    return 0 if report.ok else 1
