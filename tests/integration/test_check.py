@@ -193,3 +193,20 @@ def test_an_unreachable_resolver_is_unknown_after_one_query_timeout(
     code, out = check(config, capsys, "--no-postfix", "--timeout", "1")
     assert code == 3 and "no answer within 1 s" in out
     assert time.monotonic() - started < 2.0
+
+
+def test_dh_parameter_files_missing_or_weak_warn(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "dh2048.pem"
+    config = write_config(testbed, tmp_path)
+    config.write_text(
+        config.read_text() + f'\n[dhparams]\nmode = "rfc7919"\n'
+        f'[[dhparams.file]]\npath = "{missing}"\n'
+    )
+    code, out = check(config, capsys, "--no-postfix")
+    # (The other items depend on what earlier tests left in DNS; this one is the DH file.)
+    assert code >= 1 and f"WARNING: dhparams: dhparams: {missing}: missing" in out
+    missing.write_text("not DH parameters\n")
+    code, out = check(config, capsys, "--no-postfix")
+    assert f"WARNING: dhparams: dhparams: {missing}" in out

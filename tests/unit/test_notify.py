@@ -85,3 +85,23 @@ def test_a_failing_command_is_reported_and_retried_next_run(tmp_path: Path) -> N
     assert main(["--config", str(config), "run", "--quiet"]) == 1
     memory = json.loads((tmp_path / "state" / "notify.json").read_text())
     assert "mx1" not in memory  # not delivered: not remembered, so the next run tries again
+
+
+def test_check_turning_critical_is_told_once(tmp_path: Path) -> None:
+    from certman.config.load import load_config
+    from certman.monitor.notify import notify_check
+
+    out = tmp_path / "events.jsonl"
+    script = tmp_path / "hook.py"
+    script.write_text(
+        "import sys\nwith open(sys.argv[1], 'a') as f:\n    f.write(sys.stdin.read())\n"
+    )
+    config = _config(tmp_path)
+    argv = json.dumps([sys.executable, str(script), str(out)])
+    config.write_text(config.read_text() + f"[notify]\ncommand = {argv}\n")
+    cfg = load_config(config)
+    for critical in (False, True, True, False, True):
+        assert notify_check(cfg, critical, "mx:25: no TLSA record matches", NOW) == []
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["check-critical", "check-critical"]
+    assert events[0]["message"] == "mx:25: no TLSA record matches"
