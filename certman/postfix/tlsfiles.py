@@ -142,11 +142,11 @@ def _dh_bits(data: bytes) -> int | None:
     warns that its FFDH support is deprecated; reading a size is all that is done here.)"""
     import warnings
 
-    from cryptography.hazmat.primitives.asymmetric import dh
-    from cryptography.hazmat.primitives.serialization import load_pem_parameters
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from cryptography.hazmat.primitives.asymmetric import dh
+        from cryptography.hazmat.primitives.serialization import load_pem_parameters
+
         try:
             params = load_pem_parameters(data)
         except ValueError:
