@@ -452,8 +452,9 @@ def test_failed_verification_rolls_back_and_a_later_run_completes_the_rollover(
     ok, output = testbed.posttls_finger(pf.host, pf.address)
     assert ok, output
 
-    # A cron run during the back-off changes nothing.
-    assert main(["--config", str(config), "run"]) == 0
+    # A cron run during the back-off changes nothing, and exits 1: the certificate is in error
+    # (docs/operations.md, "Exit codes").
+    assert main(["--config", str(config), "run"]) == 1
     assert state_of(config).current == before.current
     assert served_spki(pf.address) == old
 
