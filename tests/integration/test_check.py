@@ -165,6 +165,18 @@ def test_an_expired_certificate_or_no_starttls_is_critical(
     postfix.reload()
     code, out = check(healthy, capsys)
     assert code == 2 and "the server does not offer STARTTLS" in out
+    # TLS 1.2 and 1.3 excluded: no current client gets through, and the audit says why.
+    postfix.set(
+        {
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_protocols": "<=TLSv1.1",
+            "smtpd_tls_mandatory_protocols": "<=TLSv1.1",
+        }
+    )
+    postfix.reload()
+    code, out = check(healthy, capsys)
+    assert code == 2 and "CRITICAL: tls: mx1.dane.test:25: " in out
+    assert "WARNING: postfix: main.cf: [no-modern-tls] smtpd_tls_protocols = <=TLSv1.1" in out
 
 
 @pytest.fixture
