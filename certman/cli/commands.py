@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from certman.cli.log import Log, configure
 from certman.config.load import config_path, load_config
 from certman.config.schema import DhMode
-from certman.errors import CertmanError
+from certman.errors import CertmanError, ConfigError
 from certman.model import KeyType
 
 if TYPE_CHECKING:
@@ -98,6 +98,21 @@ def _drive(
     cfg = _load(args)
     cert = cfg.certificate(name)
     ctx = _context(cfg, _log(args))
+    if cfg.fleet is not None:  # issue 14: the shared lineage (docs/fleet.md)
+        from certman.cli import fleet
+
+        done = fleet.advance(
+            ctx,
+            cert,
+            request=request,
+            max_wait=max_wait,
+            wait_lock=getattr(args, "wait_lock", False),
+            on_wait=Countdown(_log(args)),
+        )
+        _say(fleet.outcome_line(done))
+        from certman.lifecycle.engine import Outcome as Plain
+
+        return Plain(done.name, done.lineage, done.reason, done.wait_until)
     outcome = advance(
         ctx,
         cert,
@@ -170,6 +185,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from certman.lifecycle.report import status_document, status_lines
 
     cfg = _load(args)
+    if getattr(args, "fleet", False):  # issue 14
+        from certman.cli import fleet
+
+        if cfg.fleet is None:
+            raise ConfigError(f"{cfg.path}: no [fleet] table; --fleet needs one")
+        return fleet.cmd_status(cfg, _certificates(cfg, args.names), args.json)
     if getattr(args, "json", False):
         now = time.time()
         certs = [status_document(cfg, c, now) for c in _certificates(cfg, args.names)]
@@ -228,6 +249,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         postfix_audit=not args.no_postfix,
         only_postfix=args.postfix,
     )
+    if cfg.fleet is not None and not args.postfix:  # issue 14: hosts lagging behind the fleet
+        import dataclasses
+
+        from certman.cli import fleet
+
+        report = dataclasses.replace(report, items=(*report.items, *fleet.check_items(cfg)))
     if args.json:
         _say(json.dumps(report.to_json(), indent=2))
     else:
@@ -268,6 +295,8 @@ def cmd_hook_certbot(args: argparse.Namespace) -> int:
     from certman.integrations.certbot import deploy_hook, lineage_from
 
     cfg = _load(args)
+    if cfg.fleet is not None:  # issue 14: the fleet's leader issues; certbot must not
+        raise ConfigError(f"{cfg.path}: [fleet] is configured: the certbot hook does not apply")
     lineage = lineage_from(args.lineage, os.environ)
     for line in deploy_hook(_context(cfg, _log(args)), lineage, dry_run=args.dry_run):
         _say(line)
@@ -319,3 +348,12 @@ def cmd_contrib(args: argparse.Namespace) -> int:
     written = contrib.install(item, Path(args.dest), force=args.force)
     _say(f"wrote {written} (mode {item.mode:o})")
     return 0
+
+
+def cmd_fleet_forget(args: argparse.Namespace) -> int:
+    from certman.cli import fleet
+
+    cfg = _load(args)
+    if cfg.fleet is None:
+        raise ConfigError(f"{cfg.path}: no [fleet] table")
+    return fleet.cmd_forget(cfg, args)

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="phase, keys, records, deadlines, last error")
     status.add_argument("names", nargs="*")
     status.add_argument("--json", action="store_true", help="print the state as JSON")
+    status.add_argument("--fleet", action="store_true", help="every host of the [fleet] (issue 14)")
     status.set_defaults(func=commands.cmd_status)
 
     tlsa = sub.add_parser("tlsa", help="print the TLSA records the zone should hold now")
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     dh.set_defaults(func=commands.cmd_dhparams)
 
     _add_tool_commands(sub)
+    fleet = sub.add_parser("fleet", help="fleet mode: hosts sharing one lineage (docs/fleet.md)")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="SUBCOMMAND")
+    forget = fleet_sub.add_parser("forget", help="a host left the fleet: stop waiting for it")
+    forget.add_argument("host")
+    forget.add_argument("--cert", help="only this certificate (default: all)")
+    forget.set_defaults(func=commands.cmd_fleet_forget)
     return parser
 
 

@@ -30,6 +30,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = _context(cfg, log)
     codes = [0]
     for cert in _certificates(cfg, args.names):
+        if cfg.fleet is not None:  # issue 14: through the shared lineage (docs/fleet.md)
+            from certman.cli import fleet
+
+            codes.append(fleet.run_one(ctx, cert, args.max_wait, log))
+            continue
         try:
             outcome = advance(ctx, cert, max_wait=args.max_wait, on_wait=Countdown(log))
         except CertmanError as exc:

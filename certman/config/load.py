@@ -27,6 +27,7 @@ from certman.config.schema import (
     DhMode,
     DhParamsConfig,
     EabConfig,
+    FleetConfig,
     HttpChallengeConfig,
     InstallConfig,
     Layout,
@@ -59,6 +60,8 @@ def parse(path: Path, data: Mapping[str, object]) -> Config:
     dhparams = _dhparams(root.subtable("dhparams"))
     metrics = _metrics(root.subtable("metrics"))
     notify = _notify(root.subtable("notify"))
+    fleet_section = root.table("fleet")
+    fleet = _fleet(fleet_section) if fleet_section is not None else None
     root.finish()
     return Config(
         path,
@@ -72,6 +75,7 @@ def parse(path: Path, data: Mapping[str, object]) -> Config:
         dhparams,
         metrics,
         notify,
+        fleet,
     )
 
 
@@ -92,6 +96,33 @@ def _notify(s: Section) -> NotifyConfig:
         sendmail=s.string("sendmail", "/usr/sbin/sendmail"),
         sender=s.opt_string("sender"),
         expiring_days=s.number("expiring_days", 14.0, low=0),
+    )
+    s.finish()
+    return config
+
+
+def _fleet(s: Section) -> FleetConfig:
+    """``[fleet]`` (docs/fleet.md); credentials come from boto3's usual chain, never from here."""
+    import socket
+
+    prefix = s.string("prefix", "certman").strip("/")
+    host = s.opt_string("host") or socket.gethostname().split(".")[0] or "localhost"
+    if not _NAME.match(host):
+        raise s.error("host", f"expected a name of letters, digits, '.', '_' or '-', got {host!r}")
+    endpoint = s.opt_string("endpoint_url")
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise s.error("endpoint_url", f"expected an http(s) URL, got {endpoint!r}")
+    config = FleetConfig(
+        bucket=s.string("bucket"),
+        prefix=prefix,
+        region=s.opt_string("region"),
+        endpoint_url=endpoint,
+        host=host,
+        lease_seconds=s.number("lease_seconds", 300.0, low=2),
+        key_file=s.path("key_file"),
+        silent_after=s.number("silent_after", 3 * 86400.0, low=1),
+        check_interval=s.number("check_interval", 3600.0, low=0),
+        lead=s.boolean("lead", True),
     )
     s.finish()
     return config

@@ -63,6 +63,11 @@ def describe_config(cfg: Config) -> list[str]:
             ("expiring_days", n.expiring_days),
         ],
     )
+    if cfg.fleet is not None:  # issue 14
+        fleet = cfg.fleet
+        lines += _table(
+            "fleet", [(f.name, getattr(fleet, f.name)) for f in dataclasses.fields(fleet)]
+        )
     return lines
 
 

@@ -207,6 +207,22 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: one lineage shared by many hosts through an S3 bucket (docs/fleet.md)."""
+
+    bucket: str
+    prefix: str
+    region: str | None
+    endpoint_url: str | None
+    host: str
+    lease_seconds: float
+    key_file: Path
+    silent_after: float
+    check_interval: float = 3600.0  # an idle run reuses the lineage read this recently
+    lead: bool = True  # may take the lease (needs the ACME account and DNS credentials)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     state_dir: Path
@@ -219,6 +235,7 @@ class Config:
     dhparams: DhParamsConfig
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    fleet: FleetConfig | None = None  # issue 14: None unless a [fleet] table is configured
 
     def certificate(self, name: str) -> CertificateConfig:
         try:
