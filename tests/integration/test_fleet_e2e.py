@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from fleet_support import (
     AWS_ENV,
@@ -33,6 +32,7 @@ from fleet_support import (
     store_of,
 )
 from helpers import Prober
+from schemas import validate
 from test_rollover_shared import (
     SHARED_TLSA,
     RRsetWatch,
@@ -51,7 +51,6 @@ from certman.lifecycle.state import Operation, Phase, State
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = ROOT / "docs" / "schemas" / "fleet-status.schema.json"
 __all__ = ["shared_name"]  # the fixture, imported for use here
 
 
@@ -214,7 +213,7 @@ def test_fleet_issues_once_and_rolls_over_under_probers_with_no_failure(  # noqa
 
     # -- status and check see every host; forget drops the silent one --------------------------
     status = json.loads(run_ok(configs["mx2"], "status", "--fleet", "--json"))
-    jsonschema.validate(status, json.loads(SCHEMA.read_text()))
+    validate("fleet-status", status)
     hosts = {h["host"]: h["status"] for h in status["fleet"][0]["hosts"]}
     assert hosts == {"mx1": "ok", "mx2": "ok", "mx3": "ok", "mx4": "silent"}
     text = run_ok(configs["mx2"], "status", "--fleet")
