@@ -65,7 +65,11 @@ def run_one(ctx: Context, cert: CertificateConfig, max_wait: float, log: Log) ->
         level = Level.NOTICE if exc.exit_code == 75 else Level.ERR
         log(level, f"certman: {cert.name}: {exc}")
         return exc.exit_code
+    from certman.lifecycle.engine import Outcome, backing_off
+
+    plain = Outcome(outcome.name, outcome.lineage, outcome.reason, outcome.wait_until)
     error = outcome.host is not None and outcome.host.report.last_error is not None
+    error = error or backing_off(plain, time.time())  # the lineage is in error (docs/operations.md)
     log(Level.ERR if error else Level.INFO, outcome_line(outcome))
     return 1 if error else 0
 
