@@ -36,6 +36,7 @@ from certman.config.schema import (
     PostfixConfig,
     PropagationConfig,
     ProviderConfig,
+    Target,
     TlsaParams,
 )
 from certman.config.toml import Section, normalize_domain
@@ -54,9 +55,10 @@ def parse(path: Path, data: Mapping[str, object]) -> Config:
     propagation = _propagation(root.subtable("propagation"))
     postfix = _postfix(root.subtable("postfix"))
     certificates = {
-        name: _certificate(name, section, providers)
+        name: _certificate(name, section, providers, postfix.config_dir)
         for name, section in root.tables("certificates")
     }
+    _check_claims(path, certificates)
     dhparams = _dhparams(root.subtable("dhparams"))
     metrics = _metrics(root.subtable("metrics"))
     notify = _notify(root.subtable("notify"))
@@ -251,7 +253,9 @@ def _key_types(s: Section) -> tuple[KeyType, ...]:
     return tuple(kinds)
 
 
-def _certificate(name: str, s: Section, providers: Mapping[str, object]) -> CertificateConfig:
+def _certificate(
+    name: str, s: Section, providers: Mapping[str, object], config_dir: Path
+) -> CertificateConfig:
     if not _NAME.match(name):
         raise ConfigError(
             f"{s.file}: {s.prefix}: expected a certificate name of letters, digits, '.', '_', '-' "
@@ -272,7 +276,7 @@ def _certificate(name: str, s: Section, providers: Mapping[str, object]) -> Cert
                 raise s.error("dns_provider", f"no DNS provider for {domain} (needed for dns-01)")
     http = _challenge_http(s, challenge, domains)
     dane = _dane(s.table("dane"), domains, default_provider, zone_providers, providers)
-    install = _install(s.subtable("postfix"), name)
+    install = _install(s.subtable("postfix"), name, config_dir)
     renew_fraction = (
         s.number("renew_fraction", low=0.01, high=0.99) if s.has("renew_fraction") else None
     )
@@ -423,14 +427,57 @@ def _host_provider(
     return found.pop() if len(found) == 1 else default
 
 
-def _install(s: Section, name: str) -> InstallConfig:
+def _install(s: Section, name: str, config_dir: Path) -> InstallConfig:
     config = InstallConfig(
         layout=s.choice("layout", Layout, Layout.CHAIN_FILES),
         directory=s.path("directory", Path("/etc/postfix/certman")),
         postfix_parameters=s.boolean("set_parameters", True),
+        config_dir=s.path("config_dir", config_dir),
+        targets=_targets(s),
+        probe_address=s.opt_string("probe_address"),
     )
     s.finish()
     return config
+
+
+def _targets(s: Section) -> tuple[Target, ...]:
+    """``targets``: where Postfix serves the certificate (default main.cf only)."""
+    targets: list[Target] = []
+    for index, text in enumerate(s.str_list("targets", ["main.cf"])):
+        target = Target.parse(text)
+        if target is None:
+            raise s.error(
+                f"targets[{index}]",
+                f'expected "main.cf", a master.cf service "NAME/TYPE" such as '
+                f'"submission/inet", or "sni:HOST", got {text!r}',
+            )
+        if target in targets:
+            raise s.error(f"targets[{index}]", f"{target} is listed twice")
+        targets.append(target)
+    return tuple(targets)
+
+
+def _check_claims(path: Path, certificates: Mapping[str, CertificateConfig]) -> None:
+    """Two certificates may not write one target, nor own one TLSA RRset on one instance:
+    each would install over, or publish its keys over, the other's (RFC 7671 §8.1)."""
+    targets: dict[tuple[Path, str], str] = {}
+    names: dict[tuple[Path, str], str] = {}
+    for cert in certificates.values():
+        where = cert.install.config_dir
+        for target in cert.install.targets:
+            other = targets.setdefault((where, str(target)), cert.name)
+            if other != cert.name:
+                raise ConfigError(
+                    f"{path}: certificates.{cert.name}.postfix.targets: {target} of {where} "
+                    f"is already the target of certificates.{other}; give each its own target"
+                )
+        for tlsa in cert.dane.tlsa_names() if cert.dane else []:
+            other = names.setdefault((where, tlsa), cert.name)
+            if other != cert.name:
+                raise ConfigError(
+                    f"{path}: certificates.{cert.name}.dane: {tlsa} is already published by "
+                    f"certificates.{other} for {where}; one certificate per TLSA name"
+                )
 
 
 def _dhparams(s: Section) -> DhParamsConfig:

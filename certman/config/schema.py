@@ -119,11 +119,57 @@ class DaneConfig:
         return [f"_{port}._tcp.{host}" for host in self.hosts for port in self.ports]
 
 
+class TargetKind(StrEnum):
+    """Where Postfix reads a certificate from (postconf(5), master(5), TLS_README "SNI")."""
+
+    MAIN = "main.cf"  # smtpd_tls_* in main.cf: every smtpd without its own -o override
+    SERVICE = "service"  # -o smtpd_tls_* overrides of one master.cf service (postconf -P)
+    SNI = "sni"  # one name's entry in tls_server_sni_maps (Postfix 3.4+, postmap -F)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place a certificate is served: ``main.cf``, ``SERVICE/TYPE``, or ``sni:NAME``."""
+
+    kind: TargetKind
+    service: str = ""  # master.cf "name/type", e.g. "submission/inet"
+    name: str = ""  # the SNI name
+
+    def __str__(self) -> str:
+        if self.kind is TargetKind.SERVICE:
+            return self.service
+        if self.kind is TargetKind.SNI:
+            return f"sni:{self.name}"
+        return "main.cf"
+
+    @classmethod
+    def parse(cls, text: str) -> Target | None:
+        """``main.cf`` | ``NAME/TYPE`` (a master.cf service) | ``sni:HOST``; None if neither."""
+        text = text.strip()
+        if text == "main.cf":
+            return cls(TargetKind.MAIN)
+        if text.lower().startswith("sni:"):
+            name = text[4:].strip().lower().rstrip(".")
+            ok = re.fullmatch(
+                r"[a-z0-9*]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+", name
+            )
+            return cls(TargetKind.SNI, name=name) if ok else None
+        if re.fullmatch(r"[A-Za-z0-9_.:\[\]-]+/(inet|unix|fifo|pass|unix-dgram)", text):
+            return cls(TargetKind.SERVICE, service=text)
+        return None
+
+
+MAIN_TARGET = Target(TargetKind.MAIN)
+
+
 @dataclass(frozen=True)
 class InstallConfig:
     layout: Layout
     directory: Path
     postfix_parameters: bool
+    config_dir: Path = Path("/etc/postfix")  # the Postfix instance (postmulti: its directory)
+    targets: tuple[Target, ...] = (MAIN_TARGET,)
+    probe_address: str | None = None  # where verification connects; default the DANE one
 
 
 @dataclass(frozen=True)

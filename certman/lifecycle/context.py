@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from certman.config.schema import Config
+from certman.config.schema import CertificateConfig, Config
 
 if TYPE_CHECKING:
     from certman.dns.provider import DnsProvider
@@ -24,6 +24,7 @@ class Context:
     notice: Callable[[str], None] = lambda message: None  # one line per change (log level 5)
     _providers: dict[str, DnsProvider] = field(default_factory=dict)
     _postfix: Postfix | None = None
+    _instances: dict[str, Postfix] = field(default_factory=dict)
 
     def provider(self, name: str) -> DnsProvider:
         if name not in self._providers:
@@ -44,3 +45,20 @@ class Context:
 
             self._postfix = Postfix(self.config.postfix)
         return self._postfix
+
+    def postfix_for(self, cert: CertificateConfig) -> Postfix:
+        """The Postfix instance ``cert`` is served by (postmulti: its own config_dir).
+
+        The configured reload_command is the default instance's; another instance reloads
+        with ``postfix -c DIR reload``.
+        """
+        config_dir = cert.install.config_dir
+        if config_dir == self.config.postfix.config_dir:
+            return self.postfix
+        key = str(config_dir)
+        if key not in self._instances:
+            from certman.postfix.commands import Postfix
+
+            config = replace(self.config.postfix, config_dir=config_dir, reload_command=None)
+            self._instances[key] = Postfix(config)
+        return self._instances[key]

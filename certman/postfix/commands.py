@@ -115,6 +115,39 @@ class Postfix:
         if names:
             self._postconf("-X", *names)
 
+    def get_service(self, service: str, *names: str, expand: bool = True) -> dict[str, str]:
+        """One master.cf service's ``-o`` overrides among ``names`` (``postconf -P [-x]``).
+
+        Only names the service overrides are in the result: the others come from main.cf.
+        """
+        if not names:
+            return {}
+        flags = ("-P", "-x") if expand else ("-P",)
+        found = parse_postconf(self._postconf(*flags, *(f"{service}/{n}" for n in names)))
+        prefix = f"{service}/"
+        return {k[len(prefix) :]: v for k, v in found.items() if k.startswith(prefix)}
+
+    def set_service(self, service: str, values: Mapping[str, str]) -> None:
+        """ONE ``postconf -P service/type/name=value ...`` (master.cf is replaced by rename)."""
+        if values:
+            self._postconf("-P", *(f"{service}/{n}={v}" for n, v in values.items()))
+
+    def unset_service(self, service: str, *names: str) -> None:
+        """``postconf -PX``: the service reads these from main.cf again."""
+        if names:
+            self._postconf("-P", "-X", *(f"{service}/{n}" for n in names))
+
+    def service_entry(self, service: str) -> list[str]:
+        """The master.cf line of ``service`` (``postconf -M name/type``), split; [] if none."""
+        return self._postconf("-M", service).split()
+
+    def postmap(self, table: str) -> None:
+        """``postmap -c DIR -F TYPE:FILE``: the files named in the table are read into it
+        (base64), as tls_server_sni_maps requires (postmap(1) -F, Postfix 3.4+)."""
+        postconf = self.config.postconf
+        postmap = str(Path(postconf).with_name("postmap")) if "/" in postconf else "postmap"
+        self._call([postmap, "-c", self.config_dir, "-F", table], f"postmap -F {table}")
+
     def reload(self) -> None:
         """``postfix -c DIR reload`` (or the configured reload command): new smtpd processes."""
         argv = self.config.reload_argv()

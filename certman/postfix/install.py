@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from certman.config.schema import CertificateConfig, Layout
+from certman.config.schema import CertificateConfig, Layout, Target, TargetKind
 from certman.errors import CertmanError, ConfigError
 from certman.fsutil import atomic_write, private_dir
 from certman.model import KeyType
@@ -38,9 +38,16 @@ from certman.postfix.commands import (
     Postfix,
     ServedKey,
     served_keys,
-    served_paths,
     split_list,
     supports_chain_files,
+)
+from certman.postfix.targets import (
+    SNI_MAPS,
+    SniTable,
+    read_sni_entry,
+    served_file_paths,
+    sni_table,
+    write_sni_entry,
 )
 
 __all__ = [
@@ -96,6 +103,19 @@ class OldFile:
 
 
 @dataclass(frozen=True)
+class TargetChange:
+    """A master.cf service's overrides or an SNI table entry: before (absent: unset) and after.
+
+    ``table``: for an SNI target, the ``TYPE:FILE`` that ``postmap -F`` rebuilds.
+    """
+
+    target: str
+    before: Mapping[str, str]
+    after: Mapping[str, str]
+    table: str = ""
+
+
+@dataclass(frozen=True)
 class InstallRecord:
     """Everything ``apply`` and ``rollback`` need; JSON-safe, holds no key material."""
 
@@ -112,6 +132,7 @@ class InstallRecord:
     params_after: Mapping[str, str]  # what apply sets in one postconf -e ({}: no change)
     prune: tuple[str, ...] = ()  # key-cert: versions older than the previous one
     notes: tuple[str, ...] = ()  # warnings for the operator (log them)
+    target_changes: tuple[TargetChange, ...] = ()  # master.cf services and SNI entries
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -124,6 +145,7 @@ class InstallRecord:
         data["old_files"] = tuple(OldFile(**f) for f in data["old_files"])
         data["prune"] = tuple(data.get("prune", ()))
         data["notes"] = tuple(data.get("notes", ()))
+        data["target_changes"] = tuple(TargetChange(**c) for c in data.get("target_changes", ()))
         return cls(**data)
 
 
@@ -155,6 +177,7 @@ def prepare(
     """Plan an install; changes nothing Postfix reads. Saves ``record.json`` in the archive."""
     _check_bundles(cert, bundles)
     _check_layout(cert, postfix)
+    main_target = Target(TargetKind.MAIN)
     effective = postfix.get(*MANAGED, "queue_directory")
     explicit = postfix.get_raw(*MANAGED)
     now = clock()
@@ -162,13 +185,20 @@ def prepare(
     version = archive.name
     targets = _targets(cert, bundles, version)
     new_files = tuple(_stage(archive, path, data, mode) for path, data, mode in targets)
-    served = served_paths(effective)
+    served = list(
+        dict.fromkeys(p for t in cert.install.targets for p in served_file_paths(postfix, t))
+    )
     old_files = _archive_old(archive, [f.path for f in new_files], served)
     after: dict[str, str] = {}
+    changes: list[TargetChange] = []
     notes: list[str] = []
     if cert.install.postfix_parameters:
         kinds = [b.key_type for b in bundles]
-        after = _param_changes(cert, kinds, [f.path for f in new_files], effective)
+        paths = [f.path for f in new_files]
+        if main_target in cert.install.targets:
+            after = _param_changes(cert, kinds, paths, effective)
+        changes = _target_changes(cert, kinds, paths, postfix)
+        after.update(_sni_switch_on(cert, postfix, effective))
     else:
         notes.extend(_unmanaged_notes(cert, new_files, served))
     record = InstallRecord(
@@ -185,6 +215,7 @@ def prepare(
         params_after=after,
         prune=_prunable(cert, {f.path for f in new_files} | set(served)),
         notes=tuple(notes),
+        target_changes=tuple(changes),
     )
     atomic_write(archive / RECORD_FILE, record.to_json().encode(), mode=0o600)
     _prune_archives(archive.parent, keep=KEEP_ARCHIVES)
@@ -201,6 +232,7 @@ def apply(record: InstallRecord, *, postfix: Postfix) -> None:
         data = _read(Path(new.staged), "staged copy")
         _mkdir(Path(new.path).parent)
         atomic_write(Path(new.path), data, mode=new.mode)
+    _apply_targets(record.target_changes, postfix, "after")
     if record.params_after:
         postfix.set(record.params_after)
     for path in record.prune:
@@ -221,6 +253,7 @@ def rollback(record: InstallRecord, *, postfix: Postfix) -> None:
         if not path.exists() or path.read_bytes() != data:
             _mkdir(path.parent)
             atomic_write(path, data, mode=old.mode)
+    _apply_targets(record.target_changes, postfix, "before")
     if record.params_after:
         restore = {
             name: record.params_before.get(name, record.params_default.get(name, ""))
@@ -229,9 +262,71 @@ def rollback(record: InstallRecord, *, postfix: Postfix) -> None:
         postfix.set(restore)  # one rename: main.cf means exactly what it meant before
         # Cosmetic: names that were at their defaults go back to being absent from main.cf.
         postfix.unset(*(name for name in record.params_after if name not in record.params_before))
+        # tls_server_sni_maps, once switched on, stays: other certificates' entries may use it.
     for old in record.old_files:
         if old.archived is None and old.overwritten:
             Path(old.path).unlink(missing_ok=True)
+
+
+def _apply_targets(changes: Sequence[TargetChange], postfix: Postfix, side: str) -> None:
+    """Services: one ``postconf -P`` for all (one master.cf rename), then the unsets. SNI:
+    each entry, then ``postmap -F`` once per table (the table holds the files' contents)."""
+    tables: dict[str, Path] = {}
+    for change in changes:
+        values = change.after if side == "after" else change.before
+        if change.table:
+            name = change.target.removeprefix("sni:")
+            source = Path(change.table.partition(":")[2])
+            write_sni_entry(source, name, values.get(name))
+            tables[change.table] = source
+            continue
+        postfix.set_service(change.target, values)
+        postfix.unset_service(change.target, *(n for n in change.after if n not in values))
+    for table in tables:
+        postfix.postmap(table)
+
+
+def _target_changes(
+    cert: CertificateConfig, kinds: list[KeyType], paths: list[str], postfix: Postfix
+) -> list[TargetChange]:
+    """master.cf overrides and SNI entries that differ from what certman's files need.
+
+    A service gets every TLS file setting as an explicit override (an unset one compares as
+    different): what it serves then never follows main.cf, which may be another certificate's.
+    """
+    changes = []
+    for target in cert.install.targets:
+        if target.kind is TargetKind.SERVICE:
+            current = postfix.get_service(target.service, *MANAGED)
+            pinned = {n: current.get(n, "\0unset") for n in MANAGED}
+            wanted = _param_changes(cert, kinds, paths, pinned)
+            if wanted:
+                before = postfix.get_service(target.service, *wanted, expand=False)
+                changes.append(TargetChange(str(target), before, wanted))
+        elif target.kind is TargetKind.SNI:
+            table = sni_table(postfix) or _default_sni_table(cert)
+            value = ", ".join(paths)
+            old = read_sni_entry(table.source, target.name)
+            if old != value:
+                before = {} if old is None else {target.name: old}
+                changes.append(TargetChange(str(target), before, {target.name: value}, table.spec))
+    return changes
+
+
+def _default_sni_table(cert: CertificateConfig) -> SniTable:
+    source = cert.install.directory / "sni-map"
+    return SniTable(f"hash:{source}", source)
+
+
+def _sni_switch_on(
+    cert: CertificateConfig, postfix: Postfix, effective: Mapping[str, str]
+) -> dict[str, str]:
+    """main.cf without tls_server_sni_maps gets certman's own table (Postfix 3.4+)."""
+    if not any(t.kind is TargetKind.SNI for t in cert.install.targets):
+        return {}
+    if sni_table(postfix) is not None:
+        return {}
+    return {SNI_MAPS: _default_sni_table(cert).spec}
 
 
 # --- planning helpers -------------------------------------------------------------------------
@@ -263,6 +358,13 @@ def _check_bundles(cert: CertificateConfig, bundles: Sequence[KeyBundle]) -> Non
 
 
 def _check_layout(cert: CertificateConfig, postfix: Postfix) -> None:
+    if any(t.kind is TargetKind.SNI for t in cert.install.targets) and not supports_chain_files(
+        postfix
+    ):
+        raise ConfigError(
+            f"certificates.{cert.name}.postfix.targets: an SNI target needs Postfix 3.4 or "
+            f"later ({postfix.config_dir} runs {postfix.version()})"
+        )
     if cert.install.layout is Layout.CHAIN_FILES and not supports_chain_files(postfix):
         raise ConfigError(
             f"certificates.{cert.name}.postfix.layout: chain-files needs Postfix 3.4 or later "

@@ -33,6 +33,8 @@ from certman.config.schema import (
     PostfixConfig,
     PropagationConfig,
     ProviderConfig,
+    Target,
+    TargetKind,
     TlsaParams,
 )
 from certman.config.toml import Secret
@@ -115,6 +117,10 @@ FULL = f"""
     listen = "::"
     port = 8080
 
+    [certificates.web.postfix]
+    targets = ["submission/inet", "sni:WWW.example.org"]
+    probe_address = "192.0.2.26"
+
     [dhparams]
     mode = "generate"
     interval_days = 14
@@ -149,7 +155,17 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def expected_full(tmp: Path, path: Path) -> Config:
-    default_install = InstallConfig(Layout.CHAIN_FILES, Path("/etc/postfix/certman"), True)
+    web_install = InstallConfig(
+        Layout.CHAIN_FILES,
+        Path("/etc/postfix/certman"),
+        True,
+        Path("/etc/postfix-out"),
+        (
+            Target(TargetKind.SERVICE, service="submission/inet"),
+            Target.parse("sni:www.example.org"),
+        ),  # type: ignore[arg-type]
+        "192.0.2.26",
+    )
     mx = CertificateConfig(
         name="mx",
         domains=("mx1.example.org", "*.mail.example.org"),
@@ -168,7 +184,9 @@ def expected_full(tmp: Path, path: Path) -> Config:
             probe_address="192.0.2.25",
             rollover_days=90,
         ),
-        install=InstallConfig(Layout.KEY_CERT, Path("/etc/postfix-out/certman"), False),
+        install=InstallConfig(
+            Layout.KEY_CERT, Path("/etc/postfix-out/certman"), False, Path("/etc/postfix-out")
+        ),
         renew_fraction=0.5,
         use_ari=False,
         profile="shortlived",
@@ -182,7 +200,7 @@ def expected_full(tmp: Path, path: Path) -> Config:
         zone_providers={},
         http=HttpChallengeConfig(None, "::", 8080),
         dane=None,
-        install=default_install,
+        install=web_install,
         renew_fraction=None,
         use_ari=True,
         profile=None,

@@ -489,6 +489,49 @@ CASES = [
         "expected a value >= 1",
     ),
     case(
+        "two-certificates-one-target",
+        PROVIDER + CERT + '[certificates.sub]\ndomains = ["mail.example.org"]\n'
+        '[certificates.sub.postfix]\ntargets = ["submission/inet", "main.cf"]\n',
+        "certificates.sub.postfix.targets",
+        "main.cf of /etc/postfix is already the target of certificates.mx",
+    ),
+    case(
+        "two-certificates-one-service",
+        PROVIDER
+        + '[certificates.a]\ndomains = ["a.example.org"]\n'
+        + '[certificates.a.postfix]\ntargets = ["submission/inet"]\n'
+        + '[certificates.b]\ndomains = ["b.example.org"]\n'
+        + '[certificates.b.postfix]\ntargets = ["sni:b.example.org", "submission/inet"]\n',
+        "certificates.b.postfix.targets",
+        "submission/inet of /etc/postfix is already the target of certificates.a",
+    ),
+    case(
+        "two-certificates-one-tlsa-name",
+        PROVIDER
+        + CERT
+        + "[certificates.mx.dane]\n"
+        + '[certificates.sub]\ndomains = ["mail.example.org"]\n'
+        + '[certificates.sub.dane]\nhosts = ["mx1.example.org"]\n'
+        + '[certificates.sub.postfix]\ntargets = ["submission/inet"]\n',
+        "certificates.sub.dane",
+        "_25._tcp.mx1.example.org is already published by certificates.mx",
+    ),
+    case(
+        "unknown-target",
+        PROVIDER + CERT + '[certificates.mx.postfix]\ntargets = ["master.cf"]\n',
+        "certificates.mx.postfix.targets[0]",
+        '"submission/inet"',
+        "got 'master.cf'",
+    ),
+    case(
+        "target-twice",
+        PROVIDER
+        + CERT
+        + '[certificates.mx.postfix]\ntargets = ["sni:a.example.org", "sni:A.example.org"]\n',
+        "certificates.mx.postfix.targets[1]",
+        "sni:a.example.org is listed twice",
+    ),
+    case(
         "reload-command-not-strings",
         "[postfix]\nreload_command = [1]\n",
         "postfix.reload_command[0]",

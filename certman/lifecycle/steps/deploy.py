@@ -6,6 +6,7 @@ install plan is saved before anything Postfix reads changes, and applying it twi
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from certman.model import KeyType
 
 if TYPE_CHECKING:
     from certman.lifecycle.context import Context
+    from certman.postfix.targets import Endpoint
 
 
 def install(
@@ -34,6 +36,7 @@ def install(
     from certman.postfix import install as store
 
     targets = rollover.target_keys(state)
+    postfix = ctx.postfix_for(cert)
     if cert.dane is not None and state.install_record is None:
         # Never serve what validating resolvers cannot see yet (RFC 7671 §8.1).
         missing_keys, missing_issuers = _unpublished(ctx, cert, cdir, state)
@@ -54,15 +57,15 @@ def install(
             key_pem = keys.private_key_pem(load_key(cdir, key))
             bundles.append(store.KeyBundle(key.key_type, key_pem, chain))
         record = store.prepare(
-            cert, bundles, postfix=ctx.postfix, state_dir=ctx.config.state_dir, clock=ctx.clock
+            cert, bundles, postfix=postfix, state_dir=ctx.config.state_dir, clock=ctx.clock
         )
         for note in record.notes:
             ctx.progress(f"{cert.name}: {note}")
         state = state.evolve(install_record=record.to_json())
         cdir.save(state)
     assert state.install_record is not None
-    store.apply(store.InstallRecord.from_json(state.install_record), postfix=ctx.postfix)
-    ctx.postfix.reload()
+    store.apply(store.InstallRecord.from_json(state.install_record), postfix=postfix)
+    postfix.reload()  # one reload covers every target of this certificate
     return state, True
 
 
@@ -88,23 +91,21 @@ def _unpublished(
 
 
 def verify(ctx: Context, cert: CertificateConfig, state: State, attempts: int = 5) -> str | None:
-    """None when every endpoint serves the new certificates and matches DNS; else what did not.
+    """None when every target serves the new certificates (and matches DNS); else what did not.
 
-    A renewal keeps the key, so matching the key alone would pass an smtpd still serving the old
-    certificate: the leaf's serial must be the one just installed too.
+    Every endpoint of every target is probed with its protocol and SNI name. A renewal keeps the
+    key, so matching the key alone would pass an smtpd still serving the old certificate: the
+    leaf's serial must be the one just installed too. A certificate without DANE is checked
+    the same way, without the TLSA comparison.
     """
-    from certman.dane.probe import verify_live
+    from certman.postfix.targets import endpoints
 
-    if cert.dane is None:
-        return None
-    targets = rollover.target_keys(state)
-    expected = {KeyType(slot): k.spki_sha256 for slot, k in targets.items()}
+    points = endpoints(cert, ctx.postfix_for(cert))
     problems: list[str] = []
     for attempt in range(attempts):
-        problems = _stale_certificates(cert, state)
-        if not problems:
-            results = verify_live(cert, resolvers=ctx.config.resolvers, expected=expected)
-            problems = [r.detail for r in results if not r.ok]
+        problems = _stale_certificates(cert, state, points)
+        if not problems and cert.dane is not None:
+            problems = _dane_problems(ctx, cert, state, points)
         if not problems:
             return None
         if attempt + 1 < attempts:
@@ -112,35 +113,85 @@ def verify(ctx: Context, cert: CertificateConfig, state: State, attempts: int = 
     return "; ".join(problems)
 
 
-def _stale_certificates(cert: CertificateConfig, state: State) -> list[str]:
-    from certman.dane.probe import fetch_chain
+def probe_address(cert: CertificateConfig) -> str:
+    if cert.install.probe_address:
+        return cert.install.probe_address
+    return cert.dane.probe_address if cert.dane else "127.0.0.1"
+
+
+def _dane_problems(
+    ctx: Context, cert: CertificateConfig, state: State, points: list[Endpoint]
+) -> list[str]:
+    """Each endpoint on a DANE port against its validated TLSA RRset (RFC 7672 §3)."""
+    from certman.dane.probe import fetch_chain, verify_endpoint
+    from certman.dns.propagation import validated_rrset
+    from certman.errors import DnsError
 
     assert cert.dane is not None
-    dual = len(state.staged) > 1
+    targets = rollover.target_keys(state)
+    dual = len(targets) > 1
     problems = []
-    for port in cert.dane.ports:
-        for slot, info in state.staged.items():
-            where = f"{cert.dane.probe_address}:{port}" + (f" ({slot})" if dual else "")
+    for point in points:
+        if point.port not in cert.dane.ports:
+            continue
+        hosts = [point.server_name] if point.server_name in cert.dane.hosts else cert.dane.hosts
+        for host in hosts:
+            name = f"_{point.port}._tcp.{host}"
             try:
-                leaf = fetch_chain(
-                    cert.dane.probe_address,
-                    port,
+                rrset = validated_rrset(
+                    name, "TLSA", ctx.config.resolvers, ctx.config.propagation.query_timeout
+                )
+            except DnsError as exc:
+                problems.append(f"{point.target}: {name}: {exc}")
+                continue
+            for slot, key in targets.items():
+                result = verify_endpoint(
+                    point.server_name,
+                    point.port,
+                    address=probe_address(cert),
+                    expected_spki_sha256=key.spki_sha256,
+                    tlsa=rrset,
                     timeout=10.0,
                     key_type=KeyType(slot) if dual else None,
-                    server_name=cert.dane.hosts[0],
+                    fetch=partial(fetch_chain, implicit_tls=point.implicit_tls),
+                )
+                if not result.ok:
+                    problems.append(f"{point.target}: {result.detail}")
+    return problems
+
+
+def _stale_certificates(cert: CertificateConfig, state: State, points: list[Endpoint]) -> list[str]:
+    from certman.dane.probe import fetch_chain
+
+    dual = len(state.staged) > 1
+    address = probe_address(cert)
+    problems = []
+    for point in points:
+        for slot, info in state.staged.items():
+            where = f"{point.target} {address}:{point.port}" + (f" ({slot})" if dual else "")
+            try:
+                leaf = fetch_chain(
+                    address,
+                    point.port,
+                    timeout=10.0,
+                    key_type=KeyType(slot) if dual else None,
+                    server_name=point.server_name,
+                    implicit_tls=point.implicit_tls,
                 )[0]
             except CertmanError as exc:
                 problems.append(f"{where}: {exc}")
                 continue
             if f"{leaf.serial_number:x}" != info.serial:
                 served = f"{leaf.serial_number:x}"
-                problems.append(f"{where} still serves certificate {served}, not {info.serial}")
+                problems.append(f"{where} serves certificate {served}, not {info.serial}")
     return problems
 
 
 def rollback(ctx: Context, cert: CertificateConfig, state: State) -> None:
     from certman.postfix import install as store
 
+    postfix = ctx.postfix_for(cert)
     if state.install_record is not None:
-        store.rollback(store.InstallRecord.from_json(state.install_record), postfix=ctx.postfix)
-    ctx.postfix.reload()
+        # The record names only this certificate's targets: no other target is touched.
+        store.rollback(store.InstallRecord.from_json(state.install_record), postfix=postfix)
+    postfix.reload()

@@ -39,10 +39,19 @@ def load_key(cdir: CertDir, info: KeyInfo) -> keys.PrivateKey:
 
 def adopt(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) -> State:
     """Take what Postfix serves now as the current key; make one where nothing is served."""
-    from certman.postfix.commands import served_keys
+    from certman.postfix.targets import foreign_owner, served_keys_for
 
     now = ctx.clock()
-    served = {s.key_type.is_rsa: s for s in served_keys(cert, ctx.postfix)}
+    postfix = ctx.postfix_for(cert)
+    target = cert.install.targets[0]
+    found_keys = served_keys_for(cert, postfix, target)
+    served = {s.key_type.is_rsa: s for s in found_keys}
+    owner = foreign_owner([s.source_path for s in found_keys])
+    if owner:
+        ctx.progress(
+            f"{cert.name}: warning: {owner}; certbot will replace that key behind certman's "
+            "back (see docs/certbot.md)"
+        )
     current: dict[str, KeyInfo] = {}
     certs: dict[str, CertInfo] = {}
     for kind in cert.key_types:
