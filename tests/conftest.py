@@ -49,8 +49,9 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
 @pytest.fixture(scope="session")
 def pristine_main_cf(testbed: Testbed) -> dict[str, tuple[Path, bytes]]:
     return {
-        name: (pf.config_dir / "main.cf", (pf.config_dir / "main.cf").read_bytes())
+        f"{name}/{cf}": (pf.config_dir / cf, (pf.config_dir / cf).read_bytes())
         for name, pf in testbed.postfix.items()
+        for cf in ("main.cf", "master.cf")
     }
 
 
@@ -62,12 +63,15 @@ def restore_postfix(request: pytest.FixtureRequest) -> Iterator[None]:
     saved: dict[str, tuple[Path, bytes]] = request.getfixturevalue("pristine_main_cf")
     bed: Testbed = request.getfixturevalue("testbed")
     yield
-    for name, (path, content) in saved.items():
+    changed = set()
+    for key, (path, content) in saved.items():
         if path.read_bytes() == content:
             continue
         path.write_bytes(content)
         # Backdated: Postfix programs stall while main.cf is under a second old ("cool down").
         then = time.time() - 10
         os.utime(path, (then, then))
+        changed.add(key.split("/")[0])
+    for name in sorted(changed):
         config_dir = str(bed.postfix[name].config_dir)
         subprocess.run(["postfix", "-c", config_dir, "reload"], check=True, capture_output=True)

@@ -307,9 +307,10 @@ def _target_changes(
             table = sni_table(postfix) or _default_sni_table(cert)
             value = ", ".join(paths)
             old = read_sni_entry(table.source, target.name)
-            if old != value:
-                before = {} if old is None else {target.name: old}
-                changes.append(TargetChange(str(target), before, {target.name: value}, table.spec))
+            before = {} if old is None else {target.name: old}
+            # Always: even with the same file names, the table holds the files' old contents
+            # until postmap -F reads them again (postmap(1) -F).
+            changes.append(TargetChange(str(target), before, {target.name: value}, table.spec))
     return changes
 
 

@@ -208,3 +208,22 @@ def explicit_values(postfix: Postfix, target: Target, names: Mapping[str, str]) 
     if target.kind is TargetKind.SERVICE:
         return postfix.get_service(target.service, *names, expand=False)
     return postfix.get_raw(*names)
+
+
+def pin_service(postfix: Postfix, target: Target) -> bool:
+    """Give a service that inherits main.cf's TLS files explicit overrides of the same values.
+
+    What it serves does not change, but from now on a change to main.cf (another certificate's
+    target) no longer reaches it (master(5): ``-o`` overrides main.cf). True if master.cf
+    changed; the caller reloads (master reads master.cf only then).
+    """
+    if target.kind is not TargetKind.SERVICE:
+        return False
+    overrides = postfix.get_service(target.service, *TLS_FILE_PARAMETERS, expand=False)
+    if overrides:
+        return False
+    inherited = postfix.get_raw(*TLS_FILE_PARAMETERS)
+    if not inherited:
+        return False
+    postfix.set_service(target.service, inherited)
+    return True

@@ -114,6 +114,7 @@ class Prober:
     address: str
     interval: float = 0.2
     options: tuple[str, ...] = ()  # extra posttls-finger options, e.g. OFFER_RSA_ONLY
+    port: int = 25  # 465: add "-w" to options (implicit TLS)
     results: list[tuple[float, bool, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -123,7 +124,9 @@ class Prober:
 
     def run(self) -> None:
         while not self._stop.is_set():
-            ok, output = posttls_finger(self.bed, self.host, self.address, self.options)
+            ok, output = posttls_finger(
+                self.bed, self.host, self.address, self.options, port=self.port
+            )
             last = output.strip().splitlines()[-1] if output else ""
             self.results.append((time.time(), ok, last))
             self._stop.wait(self.interval)
@@ -135,14 +138,16 @@ class Prober:
 
 
 def posttls_finger(
-    bed: Testbed, host: str, address: str, options: Sequence[str] = ()
+    bed: Testbed, host: str, address: str, options: Sequence[str] = (), *, port: int = 25
 ) -> tuple[bool, str]:
-    """``Testbed.posttls_finger`` with extra posttls-finger options (see OFFER_RSA_ONLY)."""
-    if not options:
+    """``Testbed.posttls_finger`` with extra posttls-finger options (see OFFER_RSA_ONLY) and
+    another port (posttls-finger looks up ``_PORT._tcp.HOST``; ``-w`` for implicit TLS)."""
+    if not options and port == 25:
         return bed.posttls_finger(host, address)
     proc = bed.run_in_netns(
-        ["posttls-finger", "-c", "-l", "dane", *options, f"[{host}]:25"],
+        ["posttls-finger", "-c", "-l", "dane", *options, f"[{host}]:{port}"],
         env={"MAIL_CONFIG": str(bed.postfix_client_config)},
     )
     output = proc.stdout + proc.stderr
-    return f"Verified TLS connection established to {host}[{address}]:25" in output, output
+    verified = f"Verified TLS connection established to {host}[{address}]:{port}" in output
+    return verified, output

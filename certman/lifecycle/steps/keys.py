@@ -39,13 +39,18 @@ def load_key(cdir: CertDir, info: KeyInfo) -> keys.PrivateKey:
 
 def adopt(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) -> State:
     """Take what Postfix serves now as the current key; make one where nothing is served."""
-    from certman.postfix.targets import foreign_owner, served_keys_for
+    from certman.postfix.targets import foreign_owner, pin_service, served_keys_for
 
     now = ctx.clock()
     postfix = ctx.postfix_for(cert)
     target = cert.install.targets[0]
     found_keys = served_keys_for(cert, postfix, target)
     served = {s.key_type.is_rsa: s for s in found_keys}
+    # set_parameters = false: certman never edits Postfix's configuration.
+    pin = cert.install.postfix_parameters
+    if pin and any([pin_service(postfix, t) for t in cert.install.targets]):
+        postfix.reload()
+        ctx.progress(f"{cert.name}: master.cf service now keeps its TLS files if main.cf changes")
     owner = foreign_owner([s.source_path for s in found_keys])
     if owner:
         ctx.progress(

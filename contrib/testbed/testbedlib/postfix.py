@@ -15,9 +15,13 @@ from .probe import smtp_banner
 from .proc import Started, StartError, TestbedError, run, wait_for
 
 # chroot "n" everywhere: a chroot jail under the queue directory would need copies of
-# /etc/resolv.conf and friends.
+# /etc/resolv.conf and friends. submission (587, STARTTLS) and submissions (465, implicit TLS,
+# RFC 8314) serve main.cf's certificate until a test gives them -o overrides.
 MASTER_CF = """\
 smtp       inet      n  -  n  -     -  smtpd
+submission inet      n  -  n  -     -  smtpd
+submissions inet     n  -  n  -     -  smtpd
+  -o smtpd_tls_wrappermode=yes
 pickup     unix      n  -  n  60    1  pickup
 cleanup    unix      n  -  n  -     0  cleanup
 qmgr       unix      n  -  n  300   1  qmgr

@@ -1,0 +1,235 @@
+"""Every certificate a real Postfix host serves, on the testbed: main.cf (25), master.cf services
+(submission 587 with STARTTLS, submissions 465 with implicit TLS) and one SNI name, each its own
+certificate with its own TLSA RRset; and two Postfix instances from one configuration (postmulti).
+
+A rollover of one certificate must leave every other target's files, settings and TLSA records
+as they were, while a DANE prober (posttls-finger) on every port sees no failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from helpers import Prober, posttls_finger
+from testbed import Testbed
+
+from certman import keys
+from certman.cli.main import main
+from certman.config.load import load_config as load
+from certman.config.schema import PostfixConfig
+from certman.dane.probe import fetch_chain, names_host
+from certman.dns.provider import DnsProvider, ProviderContext, RRset, create_provider
+from certman.lifecycle.state import Phase
+from certman.lifecycle.statefile import CertDir
+from certman.postfix.commands import Postfix
+
+pytestmark = pytest.mark.integration
+
+MX1 = "127.0.0.25"
+# certificate name -> (host, port, target, posttls-finger options)
+TARGETS = {
+    "mx1": ("mx1.dane.test", 25, "main.cf", ()),
+    "submit": ("submit.dane.test", 587, "submission/inet", ()),
+    "smtps": ("smtps.dane.test", 465, "submissions/inet", ("-w",)),
+    "sni": ("sni.dane.test", 25, "sni:sni.dane.test", ()),
+}
+
+
+def _cert_block(
+    bed: Testbed,
+    directory: Path,
+    name: str,
+    host: str,
+    port: int,
+    target: str,
+    config_dir: Path,
+    address: str,
+) -> str:
+    return f"""
+[certificates.{name}]
+domains = ["{host}"]
+
+[certificates.{name}.dane]
+ports = [{port}]
+ttl = 3
+margin = 1
+probe_address = "{address}"
+
+[certificates.{name}.postfix]
+layout = "chain-files"
+directory = "{directory / "postfix-files"}"
+targets = ["{target}"]
+config_dir = "{config_dir}"
+"""
+
+
+def _header(bed: Testbed, directory: Path, config_dir: Path) -> str:
+    return f"""
+[certman]
+state_dir = "{directory / "state"}"
+resolvers = ["{bed.resolver}"]
+
+[acme]
+directory = "{bed.pebble.directory}"
+email = "postmaster@dane.test"
+ca_bundle = "{bed.pebble.api_ca}"
+
+[dns.bind]
+type = "rfc2136"
+server = "{bed.bind.primary}"
+tsig_key_file = "{bed.bind.tsig.file}"
+
+[propagation]
+interval = 0.2
+timeout = 60
+
+[postfix]
+config_dir = "{config_dir}"
+"""
+
+
+def rfc2136(bed: Testbed, config: Path) -> DnsProvider:
+    spec = load(config).providers["bind"]
+    return create_provider(spec.type, "bind", spec.options, ProviderContext((bed.resolver,)))
+
+
+@pytest.fixture
+def mx1_targets(testbed: Testbed, tmp_path: Path) -> Iterator[Path]:
+    """mx1 serving its initial certificate everywhere; a config with four certificates."""
+    pf = testbed.postfix["mx1"]
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    postfix.set({"smtpd_tls_chain_files": str(pf.initial_chain_file)})
+    postfix.reload()
+    text = _header(testbed, tmp_path, pf.config_dir) + "".join(
+        _cert_block(testbed, tmp_path, name, host, port, target, pf.config_dir, MX1)
+        for name, (host, port, target, _) in TARGETS.items()
+    )
+    config = tmp_path / "certman.toml"
+    config.write_text(text)
+    dns = rfc2136(testbed, config)
+    for name, (host, port, _, _) in TARGETS.items():
+        dns.delete(f"_{port}._tcp.{host}", "TLSA")
+        if name != "mx1":  # posttls-finger needs the host's address
+            dns.replace(RRset.of(host, "A", 3, [MX1]), None)
+    yield config
+    for host, port, _, _ in TARGETS.values():
+        dns.delete(f"_{port}._tcp.{host}", "TLSA")
+
+
+def served(host: str, port: int, *, implicit: bool = False, address: str = MX1) -> str:
+    chain = fetch_chain(address, port, timeout=5, server_name=host, implicit_tls=implicit)
+    return keys.cert_spki_sha256(chain[0])
+
+
+def tlsa(dns: DnsProvider, host: str, port: int) -> frozenset[str]:
+    rrset = dns.read(f"_{port}._tcp.{host}", "TLSA")
+    return rrset.rdatas if rrset else frozenset()
+
+
+def snapshot(bed: Testbed, config: Path) -> dict[str, object]:
+    """Every target's served key, TLSA RRset, Postfix settings and certman files."""
+    pf = bed.postfix["mx1"]
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    dns = rfc2136(bed, config)
+    files = config.parent / "postfix-files"
+    out: dict[str, object] = {
+        "main.cf": postfix.get_raw("smtpd_tls_chain_files", "tls_server_sni_maps"),
+        "sni-map": (files / "sni-map").read_text(),
+    }
+    for name, (host, port, target, _) in TARGETS.items():
+        out[f"{name} key"] = served(host, port, implicit=port == 465)
+        out[f"{name} tlsa"] = tlsa(dns, host, port)
+        out[f"{name} file"] = (files / f"{name}-ecdsa-p256.pem").read_bytes()
+        if "/" in target:
+            out[f"{name} master.cf"] = postfix.get_service(target, "smtpd_tls_chain_files")
+    return out
+
+
+def state_of(config: Path, name: str) -> object:
+    return CertDir.of(load(config).state_dir, name).load(name)
+
+
+def test_each_target_serves_its_own_certificate_and_a_rollover_touches_no_other(
+    testbed: Testbed, mx1_targets: Path
+) -> None:
+    config = mx1_targets
+    # First run: every certificate adopts and publishes before any installs (max-wait 0).
+    assert main(["--config", str(config), "run"]) == 0
+    assert main(["--config", str(config), "run", "--max-wait", "120"]) == 0
+    keys_served = {}
+    for name, (host, port, _, options) in TARGETS.items():
+        state = state_of(config, name)
+        assert state.phase is Phase.STEADY, name  # type: ignore[attr-defined]
+        current = state.current["ecdsa-p256"].spki_sha256  # type: ignore[attr-defined]
+        assert served(host, port, implicit=port == 465) == current, name
+        keys_served[name] = current
+        ok, output = posttls_finger(testbed, host, MX1, options, port=port)
+        assert ok, f"{name}: {output}"
+    for name, (host, port, _, _) in TARGETS.items():  # each target its own certificate
+        chain = fetch_chain(MX1, port, timeout=5, server_name=host, implicit_tls=port == 465)
+        assert names_host(chain[0], host), name
+    for name in ("submit", "mx1", "sni", "smtps"):
+        roll_one_and_check_the_others(testbed, config, name)
+
+
+def roll_one_and_check_the_others(testbed: Testbed, config: Path, name: str) -> None:
+    before = snapshot(testbed, config)
+    probers = [
+        Prober(testbed, host, MX1, options=options, port=port)
+        for host, port, _, options in TARGETS.values()
+    ]
+    with ExitStack() as stack:
+        for prober in probers:
+            stack.enter_context(prober.running())
+        assert main(["--config", str(config), "rollover", name]) == 0
+        time.sleep(7)  # 2 x TTL + 1: the retired record leaves the caches meanwhile
+    after = snapshot(testbed, config)
+    changed = {k for k in before if before[k] != after[k]}
+    expected = {f"{name} key", f"{name} tlsa", f"{name} file"}
+    assert changed == expected, (name, changed)
+    for prober in probers:
+        assert len(prober.results) >= 5, prober.host
+        assert prober.failures == [], (name, prober.host, prober.port, prober.failures[:3])
+
+
+def test_two_postfix_instances_from_one_configuration(testbed: Testbed, tmp_path: Path) -> None:
+    """postmulti-style: each certificate names its instance's config_dir; every postconf and
+    reload goes to that instance; the instance in [postfix] is only the default."""
+    mx1, mx2 = testbed.postfix["mx1"], testbed.postfix["mx2"]
+    for pf in (mx1, mx2):
+        postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+        postfix.set({"smtpd_tls_chain_files": str(pf.initial_chain_file)})
+        postfix.reload()
+    config = tmp_path / "certman.toml"
+    config.write_text(
+        _header(testbed, tmp_path, mx1.config_dir)
+        + _cert_block(
+            testbed, tmp_path, "mx1", mx1.host, 25, "main.cf", mx1.config_dir, mx1.address
+        )
+        + _cert_block(
+            testbed, tmp_path, "mx2", mx2.host, 25, "main.cf", mx2.config_dir, mx2.address
+        )
+    )
+    dns = rfc2136(testbed, config)
+    for pf in (mx1, mx2):
+        dns.delete(f"_25._tcp.{pf.host}", "TLSA")
+    try:
+        assert main(["--config", str(config), "run"]) == 0
+        assert main(["--config", str(config), "run", "--max-wait", "120"]) == 0
+        for pf in (mx1, mx2):
+            state = state_of(config, pf.name)
+            assert state.phase is Phase.STEADY  # type: ignore[attr-defined]
+            key = state.current["ecdsa-p256"]  # type: ignore[attr-defined]
+            assert served(pf.host, 25, address=pf.address) == key.spki_sha256
+            main_cf = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+            chain_files = main_cf.get("smtpd_tls_chain_files")["smtpd_tls_chain_files"]
+            assert chain_files.endswith(f"{pf.name}-ecdsa-p256.pem")
+            ok, output = testbed.posttls_finger(pf.host, pf.address)
+            assert ok, output
+    finally:
+        for pf in (mx1, mx2):
+            dns.delete(f"_25._tcp.{pf.host}", "TLSA")
