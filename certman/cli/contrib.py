@@ -46,6 +46,20 @@ FILES = (
         "starts certman.service every 15 minutes",
     ),
     ContribFile(
+        "systemd-service-instance",
+        "certman@.service",
+        0o644,
+        "/etc/systemd/system/certman@.service",
+        "templated unit: certman@NAME reads /etc/certman/NAME.toml (one per postmulti instance)",
+    ),
+    ContribFile(
+        "systemd-timer-instance",
+        "certman@.timer",
+        0o644,
+        "/etc/systemd/system/certman@.timer",
+        "starts certman@NAME.service every 15 minutes",
+    ),
+    ContribFile(
         "cron", "certman.cron", 0o644, "/etc/cron.d/certman", "the same schedule without systemd"
     ),
     ContribFile(

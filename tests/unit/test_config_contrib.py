@@ -210,3 +210,19 @@ def test_postfix_snippet_points_at_the_files_certman_writes(tmp_path: Path) -> N
     match = re.search(r"^smtpd_tls_chain_files = (.+)$", SNIPPET.read_text(), re.M)
     assert match is not None
     assert match.group(1).split() == expected
+
+
+def test_templated_unit_runs_one_configuration_per_instance() -> None:
+    """certman@NAME (one configuration per postmulti instance): its own config and state."""
+    service = unit(SERVICE.with_name("certman@.service"))["Service"]
+    assert service["ExecStart"].split()[:4] == [
+        "/usr/local/bin/certman",
+        "--config",
+        "/etc/certman/%i.toml",
+        "run",
+    ]
+    assert service["StateDirectory"] == "certman/%i"
+    writable = {p.lstrip("-") for p in service["ReadWritePaths"].split()}
+    assert {"/etc/postfix", "/etc/postfix-%i", "/var/lib/certman"} <= writable
+    timer = unit(TIMER.with_name("certman@.timer"))
+    assert timer["Timer"]["OnCalendar"] == unit(TIMER)["Timer"]["OnCalendar"]

@@ -60,6 +60,8 @@ def test_installed_certman_reports_its_version(installed: Path) -> None:
         ("example-config", "contrib/certman.toml.example"),
         ("systemd-service", "contrib/systemd/certman.service"),
         ("systemd-timer", "contrib/systemd/certman.timer"),
+        ("systemd-service-instance", "contrib/systemd/certman@.service"),
+        ("systemd-timer-instance", "contrib/systemd/certman@.timer"),
         ("cron", "contrib/cron/certman"),
         ("certbot-hook", "hooks/certbot-deploy"),
         ("postfix-snippet", "contrib/postfix/main.cf.snippet"),
