@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from certman.cli import commands, unattended
+from certman.cli import commands, setup, unattended
 from certman.cli.log import configure
 from certman.errors import CertmanError
 from certman.model import KeyType
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait", type=float, default=30.0, help="longest inline wait in seconds (default 30)"
     )
     run.add_argument("--quiet", "-q", action="store_true", help="print only what needs attention")
+    run.add_argument(
+        "--dry-run", action="store_true", help="preflight, then each certificate's next step"
+    )
     run.set_defaults(func=unattended.cmd_run)
 
     status = sub.add_parser("status", help="phase, keys, records, deadlines, last error")
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("host")
     forget.add_argument("--cert", help="only this certificate (default: all)")
     forget.set_defaults(func=commands.cmd_fleet_forget)
+    setup.add_commands(sub)
+    setup.add_preflight(sub)
     return parser
 
 

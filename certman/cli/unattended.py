@@ -23,6 +23,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from certman.lifecycle.engine import advance, backing_off
 
+    if getattr(args, "dry_run", False):
+        from certman.cli.setup import cmd_run_dry
+
+        return cmd_run_dry(args)
     cfg = _load(args)
     log = _log(args)
     if args.quiet:

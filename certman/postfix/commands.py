@@ -137,6 +137,10 @@ class Postfix:
         if names:
             self._postconf("-P", "-X", *(f"{service}/{n}" for n in names))
 
+    def master_entries(self) -> list[list[str]]:
+        """Every master.cf service line (``postconf -M``), split into fields."""
+        return [line.split() for line in self._postconf("-M").splitlines() if line.strip()]
+
     def service_entry(self, service: str) -> list[str]:
         """The master.cf line of ``service`` (``postconf -M name/type``), split; [] if none."""
         return self._postconf("-M", service).split()

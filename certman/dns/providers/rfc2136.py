@@ -183,6 +183,36 @@ class Rfc2136Provider:
         self._send(zone, server, update, name=name, rdtype=rdtype, action="delete", wanted=None)
         return ChangeResult(zone, self._serial(zone, server))
 
+    def prove_update_allowed(self, name: str, rdtype: str) -> str:
+        """Show that the key may change ``name``/``rdtype`` without changing the live RRset.
+
+        One signed UPDATE whose prerequisite is the RRset exactly as read now (RFC 2136 §2.4.2,
+        or "does not exist", §2.4.3) and whose only update deletes one record that cannot be
+        there: the server checks the key's permission for that name and type (§3.3) and then
+        has nothing to delete (§3.4.2.4), so the zone and its serial stay as they were. Returns
+        what was proved; raises DnsError naming the server and the refusal.
+        """
+        import dns.rdata
+        import dns.rdataclass
+        import dns.rdatatype
+
+        name, rdtype = canonical_name(name), rdtype.upper()
+        zone = self._zone(name)
+        server = self._primary(zone)
+        current = self._read(server, name, rdtype)
+        serial = self._serial(zone, server)
+        update = self._update(zone, name, rdtype, current)
+        impossible = {"TLSA": "3 1 1 " + "00" * 31 + "01", "TXT": '"certman-preflight"'}
+        rdata = dns.rdata.from_text(
+            dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), impossible.get(rdtype, "")
+        )
+        update.delete(name + ".", rdata)
+        self._send(zone, server, update, name=name, rdtype=rdtype, action="prove", wanted=current)
+        after = self._serial(zone, server)
+        if after != serial:
+            return f"{self._where('update', name, rdtype, server)}: allowed (serial moved: {after})"
+        return f"{self._where('update', name, rdtype, server)}: allowed, nothing changed"
+
     def wait_in_sync(self, change: ChangeResult, timeout: float) -> None:
         """RFC 2136 has no "in sync" signal of its own; ``certman.dns.propagation`` checks."""
 

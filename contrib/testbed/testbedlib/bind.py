@@ -11,9 +11,13 @@ from .context import PRIMARY, SECONDARY, Context
 from .probe import dig, fully_signed
 from .proc import TestbedError, run, wait_for
 
-ZONES = ("dane.test", "lag.test", "broken.test")
+ZONES = ("dane.test", "lag.test", "broken.test", "plain.test")
+SIGNED_ZONES = ("dane.test", "lag.test", "broken.test")  # plain.test: unsigned (preflight)
 SECONDARY_ZONES = ("dane.test", "lag.test")
 TSIG_NAME = "certman-key"
+# A key BIND knows (it verifies its signatures) but that may update no zone: preflight's
+# "this key may not change the TLSA name" case. Written next to certman-key.key.
+LIMITED_TSIG_NAME = "limited-key"
 TSIG_ALGORITHM = "hmac-sha256"
 RNDC_KEY_NAME = "rndc-key"
 RNDC_PORT = 953
@@ -38,6 +42,10 @@ mx2 A 127.0.0.26
 @ MX 10 mx1.lag.test.
 mx1 A 127.0.0.25
 """,
+    "plain.test": """\
+@ NS ns1.dane.test.
+mx1 A 127.0.0.25
+""",
     "broken.test": """\
 @ NS ns1.dane.test.
 @ MX 10 mx1.broken.test.
@@ -58,6 +66,7 @@ class Keys:
 def make_keys(ctx: Context) -> Keys:
     """The TSIG key for RFC 2136 updates and the rndc control key, in BIND's key format."""
     tsig = _write_key(ctx.path("tsig", f"{TSIG_NAME}.key"), TSIG_NAME, TSIG_ALGORITHM)
+    _write_key(ctx.path("tsig", f"{LIMITED_TSIG_NAME}.key"), LIMITED_TSIG_NAME, TSIG_ALGORITHM)
     rndc = _write_key(ctx.path("bind", "rndc.key"), RNDC_KEY_NAME, "hmac-sha256")
     secret = re.search(r'secret "([^"]+)"', tsig.read_text())
     if secret is None:
@@ -81,11 +90,13 @@ def start_bind(ctx: Context, keys: Keys, broken_tlsa: str) -> dict[str, str]:
     primary_dir = _write_primary(ctx, keys, broken_tlsa)
     primary = ctx.spawn("named-primary", _named(primary_dir))
     deadline = ctx.deadline()
-    wait_for(primary, "signed zones", lambda: all(map(_signed_by_primary, ZONES)), deadline)
+    wait_for(
+        primary, "signed zones", lambda: all(map(_signed_by_primary, SIGNED_ZONES)), deadline
+    )
     # Started only now, so its first transfer of lag.test (which gets no NOTIFY) is signed.
     secondary = ctx.spawn("named-secondary", _named(_write_secondary(ctx, keys)))
     wait_for(secondary, "zone transfers", lambda: all(map(in_sync, SECONDARY_ZONES)), deadline)
-    return {zone: trust_anchor(primary_dir, zone) for zone in ZONES}
+    return {zone: trust_anchor(primary_dir, zone) for zone in SIGNED_ZONES}
 
 
 def _signed_by_primary(zone: str) -> bool:
@@ -175,6 +186,7 @@ options {{
 }};
 include "{keys.rndc_file}";
 include "{keys.tsig_file}";
+include "{keys.tsig_file.with_name(LIMITED_TSIG_NAME + ".key")}";
 controls {{
     inet {address} port {RNDC_PORT} allow {{ 127.0.0.0/8; }} keys {{ "{RNDC_KEY_NAME}"; }};
 }};
@@ -187,12 +199,12 @@ def _primary_zone(zone: str) -> str:
     if zone == "dane.test":
         notify = f"notify explicit; also-notify {{ {SECONDARY}; }};"
     # BIND 9.18: dnssec-policy with inline-signing no signs the dynamic zone in place.
+    signing = "dnssec-policy default;\n    inline-signing no;" if zone in SIGNED_ZONES else ""
     return f"""\
 zone "{zone}" {{
     type primary;
     file "{zone}.db";
-    dnssec-policy default;
-    inline-signing no;
+    {signing}
     allow-update {{ key "{TSIG_NAME}"; }};
     {notify}
 }};
