@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget.set_defaults(func=commands.cmd_fleet_forget)
     setup.add_commands(sub)
     setup.add_preflight(sub)
+    setup.add_adopt(sub)
     return parser
 
 

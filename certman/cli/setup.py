@@ -131,3 +131,42 @@ def cmd_run_dry(args: argparse.Namespace) -> int:
             f"{cert.name}: would {step.reason}" if not step.done else f"{cert.name}: {step.reason}"
         )
     return code
+
+
+def add_adopt(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    adopt = sub.add_parser(
+        "adopt", help="take a target over from certbot: its key, then certman's own files"
+    )
+    adopt.add_argument("name", nargs="?", help="the certificate (default: by the lineage's names)")
+    adopt.add_argument(
+        "--from-certbot",
+        required=True,
+        metavar="LINEAGE",
+        help="certbot's live/NAME directory Postfix reads now",
+    )
+    adopt.add_argument(
+        "--max-wait",
+        type=float,
+        default=3600.0,
+        help="longest wait for DNS in seconds (default 3600)",
+    )
+    adopt.set_defaults(func=cmd_adopt)
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from certman.config.load import config_path, load_config
+    from certman.integrations.certbot_move import take_over
+    from certman.lifecycle.context import Context
+    from certman.lifecycle.rollover import Step
+
+    def waiting(step: Step, remaining: float) -> None:
+        if remaining >= 1 and (int(remaining) % 10 == 0 or remaining < 10):
+            _say(f"  waiting {remaining:4.0f} s: {step.reason}")
+
+    cfg = load_config(config_path(args.config))
+    ctx = Context(cfg, time.time, time.sleep, _say)
+    for line in take_over(
+        ctx, args.from_certbot, args.name, max_wait=args.max_wait, on_wait=waiting
+    ):
+        _say(line)
+    return 0

@@ -12,7 +12,6 @@ later change to main.cf (another certificate's target) never changes what the se
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,13 +98,26 @@ class _ServiceView:
         return effective(self._postfix, self._target, *names)
 
 
+def certbot_lineage(path: str) -> Path | None:
+    """The certbot lineage (``live/NAME``) a served file belongs to, or None.
+
+    certbot keeps ``live/NAME/*.pem`` as symlinks into ``archive/NAME/`` next to a ``renewal/``
+    directory of renewal configurations (certbot's documentation, "Where are my certificates").
+    """
+    for candidate in (Path(path), Path(os.path.realpath(path))):
+        lineage = candidate.parent
+        top = lineage.parent
+        if top.name in ("live", "archive") and (top.parent / "renewal").is_dir():
+            return top.parent / "live" / lineage.name
+    return None
+
+
 def foreign_owner(paths: list[str]) -> str | None:
     """A note when served files belong to certbot: it replaces the key behind certman's back."""
     for path in paths:
-        resolved = os.path.realpath(path)
-        for candidate in (path, resolved):
-            if re.search(r"/(live|archive)/[^/]+/[^/]+$", candidate) and "letsencrypt" in candidate:
-                return f"{path} belongs to a certbot lineage"
+        lineage = certbot_lineage(path)
+        if lineage is not None:
+            return f"{path} belongs to certbot's lineage {lineage}"
     return None
 
 
