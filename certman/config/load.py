@@ -432,7 +432,7 @@ def _install(s: Section, name: str, config_dir: Path) -> InstallConfig:
         layout=s.choice("layout", Layout, Layout.CHAIN_FILES),
         directory=s.path("directory", Path("/etc/postfix/certman")),
         postfix_parameters=s.boolean("set_parameters", True),
-        config_dir=s.path("config_dir", config_dir),
+        config_dir=s.opt_path("config_dir") or config_dir,
         targets=_targets(s),
         probe_address=s.opt_string("probe_address"),
     )

@@ -229,6 +229,9 @@ def _install(install: InstallConfig) -> Items:
         ("layout", install.layout),
         ("directory", install.directory),
         ("set_parameters", install.postfix_parameters),
+        ("config_dir", install.config_dir),
+        ("targets", [str(target) for target in install.targets]),
+        ("probe_address", install.probe_address),
     ]
 
 

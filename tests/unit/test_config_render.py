@@ -107,6 +107,10 @@ POWERDNS_EXEC_ROUTE53 = """
     ports = [587]
     rollover_days = 90
 
+    [certificates.web.postfix]
+    targets = ["submission/inet", "sni:smtp.example.net"]
+    probe_address = "192.0.2.1"
+
     [certificates.off]
     domains = ["other.example.org"]
     dns_provider = "aws"
