@@ -233,3 +233,39 @@ def test_two_postfix_instances_from_one_configuration(testbed: Testbed, tmp_path
     finally:
         for pf in (mx1, mx2):
             dns.delete(f"_25._tcp.{pf.host}", "TLSA")
+
+
+def test_a_certificate_without_dane_is_verified_and_rolled_back_alone(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No [dane] table: the served leaf must still be the certificate just installed. Here
+    master.cf's smtp service overrides main.cf's files (an operator's forgotten -o), so port 25
+    keeps serving the old certificate: the install is rolled back, main.cf is as before, and the
+    submission service's own setting is untouched."""
+    pf = testbed.postfix["mx1"]
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    initial = str(pf.initial_chain_file)
+    postfix.set({"smtpd_tls_chain_files": initial})
+    postfix.set_service("smtp/inet", {"smtpd_tls_chain_files": initial})
+    postfix.set_service("submission/inet", {"smtpd_tls_chain_files": initial})
+    postfix.reload()
+    block = _cert_block(testbed, tmp_path, "mx1", pf.host, 25, "main.cf", pf.config_dir, MX1)
+    block = (
+        block[: block.index("[certificates.mx1.dane]")]
+        + block[block.index("[certificates.mx1.postfix]") :]
+    )
+    block = block.replace(
+        'targets = ["main.cf"]', f'targets = ["main.cf"]\nprobe_address = "{MX1}"'
+    )
+    config = tmp_path / "certman.toml"
+    config.write_text(_header(testbed, tmp_path, pf.config_dir) + block)
+    assert main(["--config", str(config), "run", "--max-wait", "60"]) == 1
+    err = capsys.readouterr().err
+    assert "main.cf 127.0.0.25:25 serves certificate" in err, err
+    assert "previous certificate restored" in err, err
+    assert postfix.get_raw("smtpd_tls_chain_files") == {"smtpd_tls_chain_files": initial}
+    assert postfix.get_service("submission/inet", "smtpd_tls_chain_files") == {
+        "smtpd_tls_chain_files": initial
+    }
+    state = state_of(config, "mx1")
+    assert state.phase is Phase.STEADY and state.last_error  # type: ignore[attr-defined]
