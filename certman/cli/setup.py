@@ -11,8 +11,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certman.errors import CertmanError
+
+if TYPE_CHECKING:
+    from certman.config.schema import CertificateConfig
+    from certman.lifecycle.context import Context
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -170,3 +175,19 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     ):
         _say(line)
     return 0
+
+
+def foreign_warnings(ctx: Context, cert: CertificateConfig) -> list[str]:
+    """For ``certman run``: a target that still reads a certbot lineage (certbot would replace
+    the key behind certman's back, RFC 7671 §8.1). One ``postconf`` per target."""
+    from certman.integrations.certbot_move import target_lineages
+
+    try:
+        lineages = sorted(target_lineages(ctx, cert))
+    except CertmanError:
+        return []  # what Postfix serves could not be read: the run itself reports that
+    return [
+        f"{cert.name}: Postfix reads certbot's lineage {lineage}; certbot will replace that key "
+        f"behind certman's back: certman adopt --from-certbot {lineage} (docs/certbot.md)"
+        for lineage in lineages
+    ]

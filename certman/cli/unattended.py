@@ -21,6 +21,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     off after a failure, else 75 when one was locked by another run or the CA asked to retry
     later, else 0. ``--quiet`` prints only what makes the run fail, so cron mails only then.
     """
+    from certman.cli.setup import foreign_warnings
     from certman.lifecycle.engine import advance, backing_off
 
     if getattr(args, "dry_run", False):
@@ -50,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         failing = backing_off(outcome, time.time())
         codes.append(1 if failing else 0)
         log(Level.ERR if failing else Level.INFO, _outcome_line(outcome))
+        for line in foreign_warnings(ctx, cert):  # certbot's live/ files: issue 12
+            log(Level.WARNING, f"certman: warning: {line}")
     codes.append(_run_dhparams(cfg, log))
     codes.append(_write_metrics(cfg, log))
     codes.append(_notify(cfg, log))

@@ -43,8 +43,9 @@ def test_a_certbot_host_moves_to_certman_with_no_failed_dane_probe(
     try:
         with prober.running():
             assert main(["--config", str(config), "run", "--max-wait", "0"]) == 0
-            out = capsys.readouterr().out
+            out, err = capsys.readouterr()
             assert f"belongs to certbot's lineage {live}" in out, out
+            assert f"certman adopt --from-certbot {live}" in err, err
             assert main(["--config", str(config), "check"]) != 0
             out = capsys.readouterr().out
             assert "certbot" in out and str(live) in out, out
@@ -57,6 +58,8 @@ def test_a_certbot_host_moves_to_certman_with_no_failed_dane_probe(
         assert str(live) not in chain_files
         assert chain_files == str(tmp_path / "certman" / "postfix-files" / "mx1-ecdsa-p256.pem")
         assert main(["--config", str(config), "check"]) == 0, capsys.readouterr().out
+        assert main(["--config", str(config), "run"]) == 0
+        assert "certbot" not in capsys.readouterr().err  # no warning once certman's files serve
         records = dns.read(TLSA_NAME, "TLSA")
         assert records is not None and len(records.rdatas) == 2  # current + next
         assert f"3 1 1 {key}" in records.rdatas
