@@ -34,7 +34,7 @@ def test_a_certbot_host_moves_to_certman_with_no_failed_dane_probe(
     postfix.set({"smtpd_tls_chain_files": f"{live}/privkey.pem, {live}/fullchain.pem"})
     postfix.reload()
     dns = rfc2136(testbed)
-    dns.replace(RRset.of(TLSA_NAME, "TLSA", 3, [f"3 1 1 {certbot.key_spki()}"]), None)
+    dns.replace(RRset.of(TLSA_NAME, "TLSA", 3, [f"3 1 1 {certbot.key_spki()}"]))
     testbed.unbound_control("flush_zone", "dane.test")
     key, serial = certbot.key_spki(), certbot.serial()
     assert served(testbed) == (key, serial)

@@ -37,7 +37,7 @@ def test_init_writes_a_config_that_matches_the_host_and_runs(
     )
     spec = load(helper).providers["bind"]
     dns = create_provider(spec.type, "bind", spec.options, ProviderContext((testbed.resolver,)))
-    dns.replace(RRset.of("_25._tcp.mx1.dane.test", "TLSA", 3, [pf.initial_tlsa]), None)
+    dns.replace(RRset.of("_25._tcp.mx1.dane.test", "TLSA", 3, [pf.initial_tlsa]))
     dns.delete("_587._tcp.mx1.dane.test", "TLSA")
     testbed.unbound_control("flush_zone", "dane.test")
     output = tmp_path / "certman.toml"

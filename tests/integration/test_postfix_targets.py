@@ -114,7 +114,7 @@ def mx1_targets(testbed: Testbed, tmp_path: Path) -> Iterator[Path]:
     for name, (host, port, _, _) in TARGETS.items():
         dns.delete(f"_{port}._tcp.{host}", "TLSA")
         if name != "mx1":  # posttls-finger needs the host's address
-            dns.replace(RRset.of(host, "A", 3, [MX1]), None)
+            dns.replace(RRset.of(host, "A", 3, [MX1]))
     yield config
     for host, port, _, _ in TARGETS.values():
         dns.delete(f"_{port}._tcp.{host}", "TLSA")
