@@ -129,21 +129,31 @@ def _crashed(label: str, error: BaseException) -> Item:
     return Item(Severity.UNKNOWN, label.split(maxsplit=1)[0], label, f"check failed: {error}")
 
 
-def _load_state(cfg: Config, cert: CertificateConfig) -> tuple[State, set[str] | None, str | None]:
-    """The state, and the SPKI digests of the keys Postfix's files hold (None if unreadable)."""
+def _load_state(
+    cfg: Config, cert: CertificateConfig
+) -> tuple[State, set[str] | None, str | None, str | None]:
+    """The state, the SPKI digests of the keys every target's files hold (None if unreadable),
+    the error reading them, and a note when they belong to certbot (issue 12)."""
+    from dataclasses import replace
+
     from certman import keys
-    from certman.postfix.commands import Postfix, served_keys
+    from certman.postfix.commands import Postfix
+    from certman.postfix.targets import foreign_owner, served_keys_for
 
     state = CertDir.of(cfg.state_dir, cert.name).load(cert.name)
+    config = cfg.postfix
+    if cert.install.config_dir != config.config_dir:  # a postmulti instance
+        config = replace(config, config_dir=cert.install.config_dir, reload_command=None)
+    postfix = Postfix(config)
     try:
-        served = served_keys(cert, Postfix(cfg.postfix))
+        served = [s for t in cert.install.targets for s in served_keys_for(cert, postfix, t)]
     except CertmanError as exc:
-        return state, None, str(exc)
+        return state, None, str(exc), None
     digests = {
         keys.spki_sha256(keys.load_private_key(s.private_key_pem, s.source_path).public_key())
         for s in served
     }
-    return state, digests, None
+    return state, digests, None, foreign_owner([s.source_path for s in served])
 
 
 def _lookup(cfg: Config, name: str, query_timeout: float) -> RRset | None:
@@ -227,10 +237,20 @@ def _certificate_items(
         return []
     if job.error is not None:
         return [_crashed(f"state {cert.name}", job.error)]
-    state, served, served_error = job.value
+    state, served, served_error, foreign = job.value
     items = state_items(cert, state, now, t)
     if served_error:
         items.append(Item(Severity.CRITICAL, "served", cert.name, served_error))
+    if foreign:
+        items.append(
+            Item(
+                Severity.WARNING,
+                "served",
+                cert.name,
+                f"{foreign}: certbot will replace the key behind certman's back",
+                fix=f"certman adopt --from-certbot {foreign.rpartition(' ')[2]} (docs/certbot.md)",
+            )
+        )
     known = {k.spki_sha256 for k in (*state.current.values(), *state.next.values())}
     if served and state.phase is not Phase.NEW and served - known:
         items.append(
