@@ -293,14 +293,18 @@ def cmd_hook_certbot(args: argparse.Namespace) -> int:
     import os
 
     from certman.integrations.certbot import deploy_hook, lineage_from
+    from certman.lifecycle.engine import backing_off
 
     cfg = _load(args)
     if cfg.fleet is not None:  # issue 14: the fleet's leader issues; certbot must not
         raise ConfigError(f"{cfg.path}: [fleet] is configured: the certbot hook does not apply")
     lineage = lineage_from(args.lineage, os.environ)
-    for line in deploy_hook(_context(cfg, _log(args)), lineage, dry_run=args.dry_run):
+    lines, outcome = deploy_hook(_context(cfg, _log(args)), lineage, dry_run=args.dry_run)
+    for line in lines:
         _say(line)
-    return 0
+    # Exit codes as for `run` (docs/operations.md): a certificate left backing off after a
+    # failure is in error, and certbot logs a non-zero hook status (it never retries it).
+    return 1 if outcome is not None and backing_off(outcome, time.time()) else 0
 
 
 def cmd_account_rollover(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from certman.keys import PrivateKey
     from certman.lifecycle.context import Context
+    from certman.lifecycle.engine import Outcome
 
 
 class Verdict(StrEnum):
@@ -225,8 +226,14 @@ def stage(
     return begun.evolve(staged={slot: staged}).note(now, line)
 
 
-def deploy_hook(ctx: Context, lineage: Lineage, *, dry_run: bool) -> list[str]:
-    """Take over certbot's certificate; ``dry_run`` says what would happen and changes nothing."""
+def deploy_hook(
+    ctx: Context, lineage: Lineage, *, dry_run: bool
+) -> tuple[list[str], Outcome | None]:
+    """Take over certbot's certificate; ``dry_run`` says what would happen and changes nothing.
+
+    Returns the lines to print and the engine's outcome (None when nothing was advanced), so
+    the CLI can exit 1 while the certificate backs off after a failure, as ``run`` does.
+    """
     from certman.lifecycle.engine import advance
 
     cert = find_certificate(ctx.config, lineage.domains)
@@ -236,7 +243,7 @@ def deploy_hook(ctx: Context, lineage: Lineage, *, dry_run: bool) -> list[str]:
         state = settle(cdir.load(cert.name))
         check_ready(cert, state, files)
         verdict = classify(state, files)
-        return [f"dry run: {cert.name}: certbot certificate {files.serial}: {WHAT[verdict]}"]
+        return [f"dry run: {cert.name}: certbot certificate {files.serial}: {WHAT[verdict]}"], None
     # Wait for a running `certman run` rather than fail: certbot would never call us again.
     with cdir.lock(wait=True):
         state = settle(cdir.load(cert.name))
@@ -244,11 +251,11 @@ def deploy_hook(ctx: Context, lineage: Lineage, *, dry_run: bool) -> list[str]:
         verdict = classify(state, files)
         line = f"{cert.name}: certbot certificate {files.serial}: {WHAT[verdict]}"
         if verdict is Verdict.SERVED:
-            return [line]
+            return [line], None
         cdir.save(stage(cert, cdir, state, files, ctx.clock()))
     outcome = advance(ctx, cert, max_wait=0.0, wait_lock=True)
     tail = f"; resume after {_iso(outcome.wait_until)}" if outcome.wait_until else ""
-    return [line, f"{cert.name}: {outcome.state.phase.value}: {outcome.reason}{tail}"]
+    return [line, f"{cert.name}: {outcome.state.phase.value}: {outcome.reason}{tail}"], outcome
 
 
 def _iso(ts: float) -> str:

@@ -118,3 +118,24 @@ def test_the_worst_part_decides_the_run() -> None:
     assert worst_exit([75, 1, 0]) == 1
     assert worst_exit([1, 2]) == 2
     assert worst_exit([0]) == 0
+
+
+@pytest.mark.parametrize(("failing", "code"), [(False, 0), (True, 1)])
+def test_certbot_hook_exits_1_when_it_leaves_the_certificate_backing_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: bool, code: int
+) -> None:
+    """certbot logs a hook's non-zero status (and never retries it): a hand-over that ends in
+    a back-off after a failure must say so, as `run` does."""
+    from certman.integrations import certbot
+
+    config = _config(tmp_path)
+    cdir = _state(tmp_path)
+    errors = {"last_error": "verification failed", "retry_after": time.time() + 600}
+    state = cdir.load("mx1").evolve(**(errors if failing else {}))
+    outcome = engine.Outcome("mx1", state, "backing off" if failing else "done")
+    monkeypatch.setattr(certbot, "deploy_hook", lambda *a, **k: (["handed over"], outcome))
+    lineage = tmp_path / "live" / "mx1"
+    lineage.mkdir(parents=True)
+    monkeypatch.setenv("RENEWED_LINEAGE", str(lineage))
+    monkeypatch.setenv("RENEWED_DOMAINS", "mx1.example.org")
+    assert main(["--config", str(config), "hook", "certbot-deploy"]) == code
