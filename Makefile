@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all deps venv lint types unit test demo bench clean
+.PHONY: all deps venv lint types unit test killsweep demo bench clean
 
 all: test
 
@@ -32,7 +32,12 @@ unit: $(STAMP)
 
 # A private --basetemp: pytest prunes old basetemps, which must never include a live testbed's.
 test: deps $(STAMP) lint types
-	$(PY) -m pytest tests -m "not benchmark" -v --durations=15 --basetemp=$(CURDIR)/.pytest-tmp
+	$(PY) -m pytest tests -m "not benchmark and not killsweep" -v --durations=15 --basetemp=$(CURDIR)/.pytest-tmp
+	$(MAKE) killsweep
+
+# SIGKILL at every write point of a rollover, with a DANE prober running (several minutes).
+killsweep: deps $(STAMP)
+	$(PY) -m pytest tests -m killsweep -v --durations=5 --basetemp=$(CURDIR)/.pytest-tmp-sweep
 
 demo: deps $(STAMP)
 	$(PY) contrib/demo/demo.py

@@ -52,9 +52,10 @@ class RetryLater(CertmanError):
 
     exit_code = 75
 
-    def __init__(self, message: str, not_before: float) -> None:
+    def __init__(self, message: str, not_before: float, *, server_asked: bool = False) -> None:
         super().__init__(message)
         self.not_before = not_before
+        self.server_asked = server_asked  # the server's own Retry-After, not our back-off
 
 
 class PostfixError(CertmanError):

@@ -43,6 +43,7 @@ def idle_host(directory: Path) -> Path:
     """Write config, TSIG key file and a steady state with nothing due; return the config."""
     tsig = directory / "tsig.key"
     tsig.write_text(TSIG)
+    tsig.chmod(0o600)
     config = directory / "certman.toml"
     state_dir = directory / "state"
     config.write_text(CONFIG.format(state=state_dir, tsig=tsig, files=directory / "files"))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from certman.errors import AcmeError, CertmanError, RetryLater
-from certman.fsutil import atomic_write, fsync_dir
+from certman.fsutil import atomic_write, fsync_dir, open_lock, private_dir
 from certman.keys import generate_key, read_private_key, write_private_key
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ def account_lock(state_dir: Path) -> Iterator[None]:
     """Serialize key creation and registration between concurrent certman runs (two
     certificates renewed at once must not register two accounts)."""
     directory = acme_state_dir(state_dir)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(directory / LOCK_FILE, "a") as handle:
+    private_dir(directory)
+    with os.fdopen(open_lock(directory / LOCK_FILE), "r+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -373,7 +373,9 @@ def _post_key_change(
                     what += f" (the new key already belongs to account {exc.location})"
                 raise acme_error(acme.directory, what, exc) from None
     except RetryLater as exc:
-        raise RetryLater(f"{exc}; {_unknown_outcome(acme)}", exc.not_before) from None
+        raise RetryLater(
+            f"{exc}; {_unknown_outcome(acme)}", exc.not_before, server_asked=exc.server_asked
+        ) from None
     except AcmeError as exc:
         if pending_key_file(acme).exists():
             raise AcmeError(f"{exc}; {_unknown_outcome(acme)}") from None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from certman.dns.provider import RRset, canonical_name
 from certman.errors import CertmanError, ConflictError, DnsError
-from certman.fsutil import atomic_write
+from certman.fsutil import atomic_write, write_point
 
 if TYPE_CHECKING:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -120,7 +120,10 @@ def add_txt(provider: DnsProvider, ours: RRset) -> tuple[RRset, ChangeResult]:
         before = provider.read(ours.name, "TXT")
         served = ours.with_rdatas(ours.rdatas | (before.rdatas if before else frozenset()))
         try:
-            return served, provider.replace(served, expected=before)
+            write_point(f"before DNS change {ours.name} TXT")
+            change = provider.replace(served, expected=before)
+            write_point(f"after DNS change {ours.name} TXT")
+            return served, change
         except ConflictError:
             continue
     raise DnsError(f"{ours.name} TXT: changed by another writer {CAS_ATTEMPTS} times in a row")
@@ -134,10 +137,12 @@ def remove_txt(provider: DnsProvider, ours: RRset) -> None:
             return
         rest = before.rdatas - ours.rdatas
         try:
+            write_point(f"before DNS change {ours.name} TXT")
             if rest:
                 provider.replace(before.with_rdatas(rest), expected=before)
             else:
                 provider.delete(ours.name, "TXT", expected=before)
+            write_point(f"after DNS change {ours.name} TXT")
             return
         except ConflictError:
             continue

@@ -262,10 +262,13 @@ class RetryingNetwork(acme_client.ClientNetwork):
 
     def _give_up(self, exc: BaseException, kind: Transient, what: str, delay: float) -> RetryLater:
         not_before = self.clock() + delay
+        reply = reply_of(exc)
+        asked = parse_retry_after(reply.retry_after if reply else None, self.clock())
         return RetryLater(
             f"ACME server {self.server}: {kind.value} on {what} ({failure_text(exc)}); "
             f"retry after {iso_utc(not_before)}",
             not_before,
+            server_asked=asked is not None,
         )
 
 
@@ -334,7 +337,7 @@ def acme_step(server: str, what: str) -> Iterator[None]:
     try:
         yield
     except RetryLater as exc:
-        raise RetryLater(f"{exc} ({what})", exc.not_before) from None
+        raise RetryLater(f"{exc} ({what})", exc.not_before, server_asked=exc.server_asked) from None
     except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
         raise acme_error(server, what, exc) from None
 

@@ -181,6 +181,10 @@ def _print_json(document: object) -> None:
     _say(json.dumps(document, indent=2, sort_keys=True))
 
 
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no message'}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from certman.lifecycle.report import status_document, status_lines
 

@@ -33,6 +33,19 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (``nan`` would never wait, ``inf`` never end)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certman",
@@ -75,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="for cron/systemd: advance everything that is due, then exit")
     run.add_argument("names", nargs="*", help="only these certificates")
     run.add_argument(
-        "--max-wait", type=float, default=30.0, help="longest inline wait in seconds (default 30)"
+        "--max-wait",
+        type=_seconds,
+        default=30.0,
+        help="longest inline wait in seconds (default 30)",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="print only what needs attention")
     run.add_argument(
@@ -211,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CertmanError as exc:
         args.log.err(f"certman: {exc}")
         return exc.exit_code
+    except OSError as exc:  # a full or read-only disk outside any recorded step
+        print(f"certman: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("certman: interrupted; the next run resumes where this one stopped", file=sys.stderr)
         return 130

@@ -8,7 +8,15 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from certman.cli.commands import Countdown, _certificates, _context, _load, _log, _outcome_line
+from certman.cli.commands import (
+    Countdown,
+    _certificates,
+    _context,
+    _load,
+    _log,
+    _one_line,
+    _outcome_line,
+)
 from certman.cli.log import Level, Log
 from certman.config.schema import Config, DhMode
 from certman.errors import CertmanError
@@ -47,6 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             # A held lock or "retry later" is routine (exit 75): not worth a cron mail.
             level = Level.NOTICE if exc.exit_code == TEMPFAIL else Level.ERR
             log(level, f"certman: {cert.name}: {exc}")
+            continue
+        except Exception as exc:  # one certificate's failure never stops the others
+            codes.append(1)
+            log(Level.ERR, f"certman: {cert.name}: {_one_line(exc)}")
             continue
         failing = backing_off(outcome, time.time())
         codes.append(1 if failing else 0)
@@ -114,6 +126,9 @@ def _run_dhparams(cfg: Config, log: Log) -> int:
         report = dhparams.advance(cfg.dhparams, Postfix(cfg.postfix), cfg.state_dir, time.time())
     except CertmanError as exc:
         log.err(f"certman: dhparams: {exc}")
+        return 1
+    except Exception as exc:  # reported in one line, never a traceback
+        log.err(f"certman: dhparams: {_one_line(exc)}")
         return 1
     for line in report.lines():
         log(Level.INFO if report.ok else Level.ERR, f"dhparams: {line}")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from certman.config import paths
 from certman.config.schema import (
     _NAME,
     ALLOWED_TLSA,
@@ -48,6 +49,7 @@ def parse(path: Path, data: Mapping[str, object]) -> Config:
     root = Section(path, "", data)
     general = root.subtable("certman")
     state_dir = general.path("state_dir", DEFAULT_STATE_DIR)
+    paths.writable_dir(general, "state_dir", state_dir)
     resolvers = _resolvers(general)
     general.finish()
     acme = _acme(root.subtable("acme"), state_dir)
@@ -65,6 +67,10 @@ def parse(path: Path, data: Mapping[str, object]) -> Config:
     fleet_section = root.table("fleet")
     fleet = _fleet(fleet_section) if fleet_section is not None else None
     root.finish()
+    if not certificates and dhparams.mode is DhMode.OFF:
+        raise ConfigError(
+            f"{path}: manages nothing: expected a [certificates.NAME] table or [dhparams] mode"
+        )
     return Config(
         path,
         state_dir,
@@ -216,6 +222,7 @@ def _propagation(s: Section) -> PropagationConfig:
 
 def _postfix(s: Section) -> PostfixConfig:
     config_dir = s.path("config_dir", Path("/etc/postfix"))
+    paths.existing_dir(s, "config_dir", config_dir)
     reload = s.str_list("reload_command", [])
     config = PostfixConfig(
         config_dir=config_dir,
@@ -223,6 +230,9 @@ def _postfix(s: Section) -> PostfixConfig:
         postfix=s.string("postfix", "postfix"),
         reload_command=tuple(reload) or None,
     )
+    paths.program(s, "postconf", config.postconf)
+    if config.reload_command is None:
+        paths.program(s, "postfix", config.postfix)
     s.finish()
     return config
 
@@ -436,6 +446,7 @@ def _install(s: Section, name: str, config_dir: Path) -> InstallConfig:
         targets=_targets(s),
         probe_address=s.opt_string("probe_address"),
     )
+    paths.writable_dir(s, "directory", config.directory)
     s.finish()
     return config
 
@@ -529,10 +540,7 @@ def config_path(cli_value: str | None) -> Path:
 
 
 def load_config(path: Path) -> Config:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    raw = paths.read_config_file(path)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -184,6 +186,10 @@ class Section:
         high: float | None = None,
     ) -> float:
         value = self._get(key, default, (int, float), "a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(key, f"expected a finite number, got {value}")
+        if isinstance(value, float) and value == 0 and math.copysign(1.0, value) < 0:
+            raise self.error(key, "expected a number, got -0.0 (negative zero)")
         if isinstance(value, int | float):
             self._check_range(key, value, low, high)
             return float(value)
@@ -233,6 +239,8 @@ class Section:
 
     def path(self, key: str, default: object = REQUIRED) -> Path:
         value = self._get(key, default, (str, Path), "an absolute path")
+        if "\0" in str(value):
+            raise self.error(key, f"expected a path, got one with a NUL byte: {str(value)!r}")
         path = Path(value)  # type: ignore[arg-type]
         if not path.is_absolute():
             raise self.error(key, f"expected an absolute path, got {str(value)!r}")
@@ -280,6 +288,7 @@ class Section:
             return None
         if given[0] == file_key:
             path = self.path(file_key)
+            self._private_file(file_key, path)
             try:
                 value = path.read_text(encoding="utf-8").strip()
             except OSError as exc:
@@ -298,6 +307,19 @@ class Section:
         if not value:
             raise self.error(env_key, f"environment variable {name} is not set or empty")
         return Secret(f"env:{name}", value)
+
+    def _private_file(self, key: str, path: Path) -> None:
+        """A secret file no other user can read or change (a TSIG key signs zone updates)."""
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            return  # reported by the read that follows
+        if mode & 0o066:
+            raise self.error(
+                key,
+                f"secret file {path} is readable or writable by other users (mode {mode:04o}): "
+                f"chmod 600 {path}",
+            )
 
     # -- nesting --------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from certman.dh.plan import (
 )
 from certman.dh.report import check, status
 from certman.errors import CertmanError, PostfixError
-from certman.fsutil import atomic_write
+from certman.fsutil import atomic_write, open_lock, private_dir
 from certman.postfix.commands import Postfix
 
 __all__ = ["DhReport", "advance", "check", "generate_now", "status"]
@@ -104,8 +104,8 @@ def settings_for(config: DhParamsConfig) -> dhgen.GeneratorSettings:
 def _lock(state_dir: Path) -> Iterator[bool]:
     """The DH lock, without waiting: False when another certman process holds it."""
     path = state_dir / "dhparams" / "lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    private_dir(path.parent)
+    fd = open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

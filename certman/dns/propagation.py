@@ -154,7 +154,9 @@ def _authoritative_soa(
                 fields = next(iter(soa.rdatas)).split()
                 return soa.ttl, int(fields[6]), int(fields[2])
             failures.append(f"{ns.host} ({address}): no SOA record")
-    raise DnsError(f"zone {zone}: no nameserver answered SOA ({'; '.join(failures) or 'no NS'})")
+    raise ResolverUnreachable(
+        f"zone {zone}: no nameserver answered SOA ({'; '.join(failures) or 'no NS'})"
+    )
 
 
 # -- asking one server ----------------------------------------------------------------------------

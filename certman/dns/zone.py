@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from certman.dns.provider import AnyValue, Expected, RRset, canonical_name
-from certman.errors import ConflictError, DnsError
+from certman.errors import ConflictError, DnsError, ResolverUnreachable
 
 if TYPE_CHECKING:
     import dns.message
@@ -134,7 +134,7 @@ def ask_resolvers(
             return server, exchange(make_query(name, rdtype, recurse=True), server, timeout)
         except DnsError as exc:
             failures.append(f"{show_server(server)}: {exc}")
-    raise DnsError(f"{name} {rdtype}: no resolver answered ({'; '.join(failures)})")
+    raise ResolverUnreachable(f"{name} {rdtype}: no resolver answered ({'; '.join(failures)})")
 
 
 def rcode_text(message: dns.message.Message) -> str:

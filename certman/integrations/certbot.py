@@ -81,6 +81,8 @@ class CertbotFiles:
     key_type: KeyType
     spki_sha256: str
     serial: str
+    not_before: float = 0.0
+    not_after: float = float("inf")
 
 
 def lineage_from(directory: str | None, environ: Mapping[str, str]) -> Lineage:
@@ -144,7 +146,18 @@ def read_files(lineage: Path) -> CertbotFiles:
     if keys.cert_spki_sha256(leaf) != spki:
         raise CertmanError(f"{chain_path}: the certificate does not match {key_path}")
     kind = keys.key_type_of(key)
-    return CertbotFiles(lineage, key, chain_pem, kind, spki, f"{leaf.serial_number:x}")
+    serial = f"{leaf.serial_number:x}"
+    valid = (leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp())
+    return CertbotFiles(lineage, key, chain_pem, kind, spki, serial, *valid)
+
+
+def check_valid(files: CertbotFiles, now: float) -> None:
+    """Never stage a certificate that is expired or not yet valid (RFC 5280 §4.1.2.5)."""
+    where = files.lineage / "fullchain.pem"
+    if now >= files.not_after:
+        raise CertmanError(f"{where}: the certificate expired at {_iso(files.not_after)}")
+    if now < files.not_before:
+        raise CertmanError(f"{where}: the certificate is valid only from {_iso(files.not_before)}")
 
 
 def classify(state: State, files: CertbotFiles) -> Verdict:
@@ -239,6 +252,7 @@ def deploy_hook(
     cert = find_certificate(ctx.config, lineage.domains)
     cdir = CertDir.of(ctx.config.state_dir, cert.name)
     files = read_files(lineage.path)
+    check_valid(files, ctx.clock())
     if dry_run:
         state = settle(cdir.load(cert.name))
         check_ready(cert, state, files)

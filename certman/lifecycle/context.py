@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from certman.config.schema import CertificateConfig, Config
+from certman.errors import ResolverUnreachable
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from certman.dns.provider import DnsProvider
@@ -34,6 +37,19 @@ class Context:
             context = ProviderContext(self.config.resolvers, self.config.propagation.query_timeout)
             self._providers[name] = create_provider(spec.type, name, spec.options, context)
         return self._providers[name]
+
+    def retrying(self, ask: Callable[[], T]) -> T:
+        """``ask()``, asked again while no server answers at all (a lost UDP answer, a resolver
+        restarting), at the propagation interval, for up to the propagation timeout."""
+        deadline = self.clock() + self.config.propagation.timeout
+        while True:
+            try:
+                return ask()
+            except ResolverUnreachable as exc:
+                if self.clock() >= deadline:
+                    raise
+                self.progress(f"{exc}; asking again")
+                self.sleep(max(self.config.propagation.interval, 1.0))
 
     def providers(self) -> Mapping[str, DnsProvider]:
         return {name: self.provider(name) for name in self.config.providers}

@@ -8,12 +8,13 @@ to the same files again is harmless. Only the CLI sleeps; ``Context.sleep`` is i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from certman.config.schema import CertificateConfig
-from certman.errors import CertmanError, RetryLater, VerificationError
+from certman.errors import CertmanError, PropagationTimeout, RetryLater, VerificationError
 from certman.lifecycle import rollover
 from certman.lifecycle.context import Context
 from certman.lifecycle.rollover import Action, Policy, Step
@@ -45,13 +46,14 @@ def backing_off(outcome: Outcome, now: float) -> bool:
     )
 
 
-def policy_for(cert: CertificateConfig) -> Policy:
+def policy_for(cert: CertificateConfig, propagation_interval: float = 1.0) -> Policy:
     dane = cert.dane
     return Policy(
         dane=dane is not None,
         margin=dane.margin if dane else 0.0,
         rollover_days=dane.rollover_days if dane else 0,
         ari=cert.use_ari,
+        propagation_interval=propagation_interval,
     )
 
 
@@ -66,9 +68,10 @@ def advance(
 ) -> Outcome:
     """Advance ``cert`` as far as it goes without waiting longer than ``max_wait`` at a time."""
     cdir = CertDir.of(ctx.config.state_dir, cert.name)
-    policy = policy_for(cert)
+    policy = policy_for(cert, ctx.config.propagation.interval)
     with cdir.lock(wait=wait_lock):
         state = cdir.load(cert.name)
+        _honour_ca_retry_after(cert, state, ctx.clock(), request)
         while True:
             now = ctx.clock()
             step = rollover.decide(state, now, policy, request)
@@ -124,19 +127,99 @@ def _change(action: Action | None, state: State) -> str | None:
     return _CHANGES.get(action) if action is not None else None
 
 
+def _honour_ca_retry_after(
+    cert: CertificateConfig, state: State, now: float, request: Operation | None
+) -> None:
+    """`certman issue`/`rollover` skip the back-off, but not a Retry-After the CA gave (RFC 8555
+    §6.6): asking again early only extends a rate limit."""
+    if request is None or state.ca_retry_after is None or now >= state.ca_retry_after:
+        return
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.ca_retry_after))
+    raise RetryLater(f"{cert.name}: the CA asked to retry after {when}", state.ca_retry_after)
+
+
 def _perform_guarded(
     ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, step: Step, policy: Policy
 ) -> tuple[State, float | None]:
+    """``_perform``, with every exception recorded in the state (last error, back-off).
+
+    Whatever an action raises, CertmanError or not, becomes a one-line CertmanError; once files
+    Postfix reads may have been switched (INSTALL with a saved plan, VERIFY), a failure leads to
+    ROLLBACK, which the engine performs next instead of leaving unverified files served.
+    """
     try:
-        return _perform(ctx, cert, cdir, state, step, policy)
+        done = _perform(ctx, cert, cdir, state, step, policy)
     except RetryLater as exc:
         now = ctx.clock()
-        cdir.save(rollover.failed(state, now, str(exc), exc.not_before))
+        # A CA's Retry-After is kept as given; our own back-off for a CA that did not answer
+        # grows like any other.
+        retry_at = exc.not_before
+        if not exc.server_asked:
+            retry_at = max(retry_at, now + rollover.retry_delay(state, policy))
+        failed = rollover.failed(state, now, str(exc), retry_at)
+        if exc.server_asked:  # the CA's Retry-After (RFC 8555 §6.6), not a local back-off
+            failed = failed.evolve(ca_retry_after=exc.not_before)
+        _save_failure(cdir, failed)
         raise
-    except CertmanError as exc:
+    except Exception as exc:
+        error = exc if isinstance(exc, CertmanError) else _unexpected(cert, step, exc)
+        # An action may have saved facts midway (PUBLISH's write-ahead facts, INSTALL's plan).
+        state = _reload(cdir, cert, state)
+        rolled = _after_switch_failure(ctx, cert, cdir, state, str(error))
+        if rolled is not None:
+            return rolled, None
         now = ctx.clock()
-        cdir.save(rollover.failed(state, now, str(exc), now + policy.retry_interval))
-        raise
+        failed = rollover.failed(state, now, str(error), now + rollover.retry_delay(state, policy))
+        if isinstance(exc, PropagationTimeout):
+            # The next attempt gets a whole propagation timeout of its own.
+            tlsa = replace(failed.tlsa, confirm_since=failed.retry_after)
+            failed = failed.evolve(tlsa=tlsa)
+        _save_failure(cdir, failed)
+        if error is exc:
+            raise
+        raise error from None
+    state, wait = done
+    if state.failures and step.action is not Action.ROLLBACK:
+        state = state.evolve(failures=0)
+    return state, wait
+
+
+def _unexpected(cert: CertificateConfig, step: Step, exc: Exception) -> CertmanError:
+    """One line for the operator, no traceback: the action, the exception type and message."""
+    text = " ".join(str(exc).split()) or "no message"
+    return CertmanError(f"{step.action}: {type(exc).__name__}: {text}")
+
+
+def _after_switch_failure(
+    ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, error: str
+) -> State | None:
+    """The ROLLBACK state when a failure came after the files may have been switched."""
+    saved = state
+    switched = saved.phase is Phase.VERIFY or (
+        saved.phase is Phase.INSTALL and saved.install_record is not None
+    )
+    if not switched:
+        return None
+    ctx.progress(f"{cert.name}: {error}; rolling back")
+    rollback = saved.evolve(phase=Phase.ROLLBACK, last_error=error)
+    _save_failure(cdir, rollback)
+    return rollback
+
+
+def _reload(cdir: CertDir, cert: CertificateConfig, state: State) -> State:
+    try:
+        return cdir.load(cert.name)
+    except CertmanError:
+        return state
+
+
+def _save_failure(cdir: CertDir, state: State) -> None:
+    """Save a failure; when even that fails (disk full), the last saved state stands and the
+    next run repeats the idempotent action."""
+    with contextlib.suppress(CertmanError):
+        cdir.save(state)
 
 
 def _perform(
@@ -158,7 +241,13 @@ def _perform(
             return rollover.begin(state, step.operation, now, policy), None
         case Action.PUBLISH:
             state = key_steps.ensure_next_keys(ctx, cert, cdir, state)
-            progress, retired, issuers = dane_steps.publish(ctx, cert, state)
+            if state.publish_facts is None:
+                # Write-ahead: the facts about DNS as it was are saved before the first write.
+                state = state.evolve(publish_facts=dane_steps.facts_before(ctx, cert))
+                cdir.save(state)
+            assert state.publish_facts is not None
+            facts = state.publish_facts
+            progress, retired, issuers = dane_steps.publish(ctx, cert, state, facts)
             state = state.evolve(issuer_records=tuple(sorted(issuers)))
             return rollover.after_publish(state, progress, retired), None
         case Action.CONFIRM:

@@ -42,7 +42,9 @@ class Policy:
     margin: float  # seconds added to 2 x TTL
     rollover_days: int  # 0: keys roll only when asked
     ari: bool = False  # ask the CA's renewalInfo for when to renew
-    retry_interval: float = 3600.0  # back-off after a failed attempt
+    retry_interval: float = 3600.0  # the longest back-off after failed attempts
+    retry_base: float = 60.0  # the first back-off; doubles with each consecutive failure
+    propagation_interval: float = 1.0  # a compromised key's rollover retries this often
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ def decide(state: State, now: float, policy: Policy, request: Operation | None =
     if state.phase is Phase.NEW:
         return Step(Action.ADOPT, "first run: adopt the served key and stage a next key")
     retrying = state.retry_after is not None and now < state.retry_after
-    if retrying and request is None and state.phase is not Phase.AGE:
+    # A rollback is never postponed: files that failed verification must not stay served.
+    if retrying and request is None and state.phase not in (Phase.AGE, Phase.ROLLBACK):
         assert state.retry_after is not None
         return Step(None, f"backing off after: {state.last_error}", wait_until=state.retry_after)
     if state.phase is Phase.STEADY:
@@ -172,6 +175,7 @@ def after_publish(state: State, progress: TlsaProgress, retired: set[str]) -> St
     return state.evolve(
         phase=Phase.CONFIRM,
         tlsa=progress,
+        publish_facts=None,
         retired=tuple(sorted(set(state.retired) | retired)),
         previous={} if state.operation is Operation.RETIRE else state.previous,
     )
@@ -241,7 +245,8 @@ def after_rollback(state: State, now: float, error: str, policy: Policy) -> Stat
         staged={},
         install_record=None,
         last_error=error,
-        retry_after=now + policy.retry_interval,
+        retry_after=now + retry_delay(state, policy),
+        failures=state.failures + 1,
     )
     return state.note(now, f"rolled back: {error}")
 
@@ -252,6 +257,17 @@ def finish(state: State, now: float, message: str) -> State:
     return state.note(now, f"{done} finished: {message}")
 
 
+def retry_delay(state: State, policy: Policy) -> float:
+    """The back-off after a failure: short at first, doubling with each consecutive failure up
+    to ``retry_interval``, so a run after a brief outage re-checks cheaply what was behind. A
+    compromised key's rollover keeps trying at the propagation interval: every minute it
+    waits is a minute the compromised key stays in service."""
+    if state.operation is Operation.COMPROMISED:
+        return policy.propagation_interval
+    return min(policy.retry_interval, policy.retry_base * 2.0 ** min(state.failures, 30))
+
+
 def failed(state: State, now: float, error: str, retry_at: float) -> State:
     """Record an error; the phase stays, so the next run resumes where this one stopped."""
-    return state.evolve(last_error=error, retry_after=retry_at).note(now, f"error: {error}")
+    state = state.evolve(last_error=error, retry_after=retry_at, failures=state.failures + 1)
+    return state.note(now, f"error: {error}")

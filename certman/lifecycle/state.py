@@ -44,6 +44,7 @@ class TlsaProgress:
     name_was_empty: bool = False
     confirmed_at: float | None = None
     not_before: float | None = None
+    confirm_since: float | None = None  # the propagation clock restarts here after a timeout
 
     def wait_seconds(self, margin: float) -> float:
         """2 x the largest TTL a resolver may still hold, plus the operator's margin."""
@@ -75,6 +76,12 @@ class State:
     last_error: str | None = None
     last_success: float | None = None
     history: tuple[str, ...] = ()
+    # Write-ahead facts of the PUBLISH in flight (TTLs, emptiness, negative TTLs of the RRsets
+    # as they were), saved before the first DNS write and never recomputed from what certman
+    # itself wrote: a crash or a failure between two writes repeats the PUBLISH with these.
+    publish_facts: TlsaProgress | None = None
+    failures: int = 0  # consecutive failed attempts: the back-off grows with them
+    ca_retry_after: float | None = None  # the CA's Retry-After, honoured by `issue`/`rollover`
 
     def evolve(self, **changes: Any) -> State:
         return replace(self, **changes)
@@ -91,15 +98,47 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _facts(raw: dict[str, Any] | None) -> TlsaProgress | None:
+    return None if raw is None else TlsaProgress(**raw)
+
+
 def to_json(state: State) -> dict[str, Any]:
     data = asdict(state)
     data["schema"] = SCHEMA
     return data
 
 
+_TIMES = (
+    "next_ready_at",
+    "renew_after",
+    "ari_checked_at",
+    "ari_recheck_at",
+    "retry_after",
+    "last_success",
+    "ca_retry_after",
+)
+
+
+def _check_numbers(data: dict[str, Any], where: str) -> None:
+    """A hand-edited time or TTL that is not a number would break every later decision."""
+    raw_tlsa = data.get("tlsa")
+    tlsa: dict[str, Any] = raw_tlsa if isinstance(raw_tlsa, dict) else {}
+    fields = [(k, data.get(k)) for k in _TIMES] + [(f"tlsa.{k}", v) for k, v in tlsa.items()]
+    for key, value in fields:
+        if key == "tlsa.name_was_empty":
+            ok = isinstance(value, bool)
+        else:
+            ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+        if not ok:
+            raise CertmanError(
+                f"{where}: corrupt state file ({key}: expected a number, got {value!r})"
+            )
+
+
 def from_json(data: dict[str, Any], where: str) -> State:
     if data.get("schema") != SCHEMA:
         raise CertmanError(f"{where}: unsupported state schema {data.get('schema')!r}")
+    _check_numbers(data, where)
     try:
 
         def keys(raw: dict[str, Any]) -> dict[str, KeyInfo]:
@@ -129,6 +168,9 @@ def from_json(data: dict[str, Any], where: str) -> State:
             last_error=data["last_error"],
             last_success=data["last_success"],
             history=tuple(data["history"]),
+            publish_facts=_facts(data.get("publish_facts")),
+            failures=int(data.get("failures", 0)),
+            ca_retry_after=data.get("ca_retry_after"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CertmanError(f"{where}: corrupt state file ({exc!r})") from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certman.errors import CertmanError, LockedError
-from certman.fsutil import atomic_write, private_dir
+from certman.fsutil import atomic_write, open_lock, private_dir
 from certman.lifecycle.state import State, from_json, to_json
 
 
@@ -50,16 +50,28 @@ class CertDir:
             return State(name=name)
         except OSError as exc:
             raise CertmanError(f"{self.state_file}: cannot read state: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CertmanError(f"{self.state_file}: corrupt state file (not UTF-8 text)") from None
         try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
+            # NaN and Infinity are not JSON (RFC 8259 §6); a wait computed from one never ends
+            # or never waits.
+            data = json.loads(raw, parse_constant=_not_a_number)
+        except (json.JSONDecodeError, ValueError) as exc:
             raise CertmanError(f"{self.state_file}: corrupt state file ({exc})") from None
+        if not isinstance(data, dict):
+            raise CertmanError(f"{self.state_file}: corrupt state file (not a JSON object)")
         return from_json(data, str(self.state_file))
 
     def save(self, state: State) -> None:
-        private_dir(self.root)
+        """Atomically; on failure (a full disk) the previous state file stays as it was."""
         text = json.dumps(to_json(state), indent=2, sort_keys=True) + "\n"
-        atomic_write(self.state_file, text.encode(), mode=0o600)
+        try:
+            private_dir(self.root)
+            atomic_write(self.state_file, text.encode(), mode=0o600)
+        except OSError as exc:
+            raise CertmanError(
+                f"{self.state_file}: cannot save state: {exc.strerror or exc}"
+            ) from None
 
     @contextmanager
     def lock(self, *, wait: bool = False) -> Iterator[None]:
@@ -69,7 +81,7 @@ class CertDir:
         leaves a stale lock behind.
         """
         private_dir(self.root)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_lock(self.root / "lock")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -84,6 +96,10 @@ class CertDir:
             yield
         finally:
             os.close(fd)
+
+
+def _not_a_number(name: str) -> object:
+    raise ValueError(f"{name} is not a number certman writes")
 
 
 def _read_holder(fd: int) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from certman.config.schema import CertificateConfig, PostfixConfig
 from certman.errors import CertmanError, PostfixError
+from certman.fsutil import write_point
 from certman.model import KeyType
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
@@ -108,12 +109,16 @@ class Postfix:
     def set(self, values: Mapping[str, str]) -> None:
         """ONE ``postconf -c DIR -e name=value ...``: all values change in one main.cf rename."""
         if values:
+            write_point(f"before postconf -e {self.config_dir}")
             self._postconf("-e", *(f"{name}={value}" for name, value in values.items()))
+            write_point(f"after postconf -e {self.config_dir}")
 
     def unset(self, *names: str) -> None:
         """``postconf -c DIR -X NAME...``: back to the built-in defaults."""
         if names:
+            write_point(f"before postconf -X {self.config_dir}")
             self._postconf("-X", *names)
+            write_point(f"after postconf -X {self.config_dir}")
 
     def get_service(self, service: str, *names: str, expand: bool = True) -> dict[str, str]:
         """One master.cf service's ``-o`` overrides among ``names`` (``postconf -P [-x]``).
@@ -155,7 +160,9 @@ class Postfix:
     def reload(self) -> None:
         """``postfix -c DIR reload`` (or the configured reload command): new smtpd processes."""
         argv = self.config.reload_argv()
+        write_point(f"before reload {self.config_dir}")
         self._call(argv, " ".join(argv))
+        write_point(f"after reload {self.config_dir}")
 
     def check(self) -> None:
         """``postfix -c DIR check``: Postfix's own sanity check of the configuration."""

@@ -500,8 +500,14 @@ def _prunable(cert: CertificateConfig, keep: set[str]) -> tuple[str, ...]:
     )
 
 
+def _archive_order(path: Path) -> tuple[str, int]:
+    """``20260101T000000Z-10`` after ``...-2``: the stamp, then the counter as a number."""
+    stamp, _, counter = path.name.partition("-")
+    return stamp, int(counter) if counter.isdigit() else 0
+
+
 def _prune_archives(base: Path, keep: int) -> None:
-    dirs = sorted(p for p in base.iterdir() if p.is_dir())
+    dirs = sorted((p for p in base.iterdir() if p.is_dir()), key=_archive_order)
     for old in dirs[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -241,6 +241,7 @@ def test_rate_limit_with_long_retry_after_raises_retry_later_at_that_time() -> N
     with pytest.raises(RetryLater) as caught:
         _post(net)
     assert caught.value.not_before == pytest.approx(NOW + 7200)
+    assert caught.value.server_asked  # the CA's own Retry-After: `issue` must honour it too
     assert clock.sleeps == []  # never blocks a run for hours
     message = str(caught.value)
     assert "\n" not in message and SERVER in message and "rateLimited" in message
@@ -254,6 +255,7 @@ def test_exhausted_server_error_budget_raises_retry_later() -> None:
         _post(net)
     assert len(clock.sleeps) == 2
     assert caught.value.not_before > clock.now
+    assert not caught.value.server_asked  # our own back-off: an operator may try again now
 
 
 def test_final_errors_are_not_retried() -> None:

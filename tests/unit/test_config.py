@@ -77,7 +77,7 @@ FULL = f"""
     validate = false
 
     [postfix]
-    config_dir = "/etc/postfix-out"
+    config_dir = "@TMP@/postfix-out"
     postconf = "/usr/sbin/postconf"
     postfix = "/usr/sbin/postfix"
     reload_command = ["/usr/sbin/postmulti", "-i", "postfix-out", "-p", "reload"]
@@ -149,6 +149,8 @@ MINIMAL = f"""
 def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     install_test_provider(tmp_path, monkeypatch)
     (tmp_path / "eab.key").write_text("c2VjcmV0\n")
+    (tmp_path / "eab.key").chmod(0o600)
+    (tmp_path / "postfix-out").mkdir()
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     monkeypatch.setenv("CERTMAN_TEST_TOKEN", "token-value")
     return tmp_path
@@ -229,7 +231,7 @@ def expected_full(tmp: Path, path: Path) -> Config:
         },
         propagation=PropagationConfig(120.0, 0.5, 2.0, 5.0, False),
         postfix=PostfixConfig(
-            Path("/etc/postfix-out"),
+            tmp / "postfix-out",
             "/usr/sbin/postconf",
             "/usr/sbin/postfix",
             ("/usr/sbin/postmulti", "-i", "postfix-out", "-p", "reload"),

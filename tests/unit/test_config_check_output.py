@@ -16,6 +16,7 @@ def _write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     tsig.write_text(
         f'key "certman-key" {{\n\talgorithm hmac-sha256;\n\tsecret "{SECRETS[0]}";\n}};\n'
     )
+    tsig.chmod(0o600)
     monkeypatch.setenv("EABKEY", SECRETS[1])
     monkeypatch.setenv("PDNSKEY", SECRETS[2])
     config = tmp_path / "certman.toml"

@@ -546,6 +546,8 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "eab.key").write_text("c2VjcmV0\n")
     (tmp_path / "empty.key").write_text(" \n")
     (tmp_path / "binary.key").write_bytes(b"\xff\xfe\x00secret")
+    for secret in ("eab.key", "empty.key", "binary.key"):
+        (tmp_path / secret).chmod(0o600)
     monkeypatch.delenv("CERTMAN_TEST_UNSET", raising=False)
     monkeypatch.setenv("CERTMAN_TEST_TOKEN", "token-value")
     return tmp_path

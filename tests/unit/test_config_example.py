@@ -48,8 +48,10 @@ def rewritten(tmp: Path, *, everything: bool = False) -> Path:
     secrets = tmp / "etc-certman"
     secrets.mkdir(exist_ok=True)
     (secrets / "tsig.key").write_text(TSIG_KEY)
+    (secrets / "tsig.key").chmod(0o600)
     for name in ("eab.key", "pdns-api.key"):
         (secrets / name).write_text("c2VjcmV0LXZhbHVl\n")
+        (secrets / name).chmod(0o600)
     for name in ("private-ca.pem", "aws-ca.pem", "pdns-ca.pem"):
         (secrets / name).write_text("-----BEGIN CERTIFICATE-----\n")
     text = EXAMPLE.read_text(encoding="utf-8").replace("/etc/certman/", f"{secrets}/")

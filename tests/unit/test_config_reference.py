@@ -97,6 +97,7 @@ def reader_keys(secrets_env: Path, monkeypatch: pytest.MonkeyPatch) -> Keys:  # 
     for name, text in (("env", RFC2136_ENV), ("more", POWERDNS_EXEC_ROUTE53), ("http", HTTP_ONLY)):
         (secrets_env / name).mkdir()
         (secrets_env / name / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+        (secrets_env / name / "postfix-out").mkdir()
         configs.append(write_config(secrets_env / name, text))
     return _recorded(configs, monkeypatch)
 

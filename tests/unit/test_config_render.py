@@ -86,7 +86,7 @@ POWERDNS_EXEC_ROUTE53 = """
     validate = false
 
     [postfix]
-    config_dir = "/etc/postfix-out"
+    config_dir = "@TMP@/postfix-out"
     reload_command = ["/usr/sbin/postmulti", "-i", "postfix-out", "-p", "reload"]
 
     [certificates.web]
@@ -153,6 +153,7 @@ def secrets_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CERTMAN_TEST_PDNS", PDNS_API_KEY)
     monkeypatch.setenv("CERTMAN_TEST_EAB", EAB_HMAC_KEY)
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "postfix-out").mkdir()
     return tmp_path
 
 

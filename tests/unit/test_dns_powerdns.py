@@ -25,6 +25,7 @@ def parse(data: dict[str, object]) -> PowerDnsOptions:
 def test_options_take_the_key_from_a_file_and_never_show_it(tmp_path: Path) -> None:
     key_file = tmp_path / "api.key"
     key_file.write_text("s3cr3t-api-key\n")
+    key_file.chmod(0o600)
     options = parse({"api_url": "http://127.0.0.1:8081/api/v1/", "api_key_file": str(key_file)})
     assert options.api_url == "http://127.0.0.1:8081"
     assert options.api_key == "s3cr3t-api-key" and options.server_id == "localhost"

@@ -67,6 +67,7 @@ def test_bad_keys_are_refused_without_showing_the_secret(text: str, message: str
 def test_options_read_the_key_file_and_keep_the_secret_out_of_reprs(tmp_path: Path) -> None:
     key_file = tmp_path / "certman.key"
     key_file.write_text(KEYGEN)
+    key_file.chmod(0o600)
     options = parse({"server": "192.0.2.1", "zone": "Example.COM.", "tsig_key_file": str(key_file)})
     assert options.zone == "example.com" and options.port == 53
     assert options.tsig is not None and options.tsig.secret == SECRET

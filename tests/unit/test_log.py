@@ -95,6 +95,7 @@ def test_json_log_of_a_failing_run_and_no_secret_anywhere(
     secret = "U1VQRVJTRUNSRVRWQUxVRTEyMzQ1Njc4"
     tsig = tmp_path / "tsig.key"
     tsig.write_text(f'key "k" {{\n\talgorithm hmac-sha256;\n\tsecret "{secret}";\n}};\n')
+    tsig.chmod(0o600)
     config = _config(tmp_path)
     config.write_text(
         config.read_text()

@@ -139,14 +139,15 @@ def test_rollback_keeps_keys_and_backs_off() -> None:
     assert after.current == state.current and after.next == state.next
     assert after.phase is Phase.STEADY and after.last_error == "mismatch"
     step = rollover.decide(after, NOW + 1, POLICY)
-    assert step.wait_until == NOW + POLICY.retry_interval
+    assert step.wait_until == NOW + POLICY.retry_base  # the first back-off is the short one
 
 
 def test_rolled_back_rollover_is_retried_after_the_back_off() -> None:
     for operation in (Operation.ROLLOVER, Operation.COMPROMISED):
         state = steady(phase=Phase.ROLLBACK, operation=operation)
         after = rollover.after_rollback(state, NOW, "mismatch", POLICY)
-        assert rollover.decide(after, NOW + 1, POLICY).wait_until == NOW + POLICY.retry_interval
+        delay = rollover.retry_delay(state, POLICY)
+        assert rollover.decide(after, NOW + 0.5, POLICY).wait_until == NOW + delay
         step = rollover.decide(after, NOW + POLICY.retry_interval, POLICY)
         assert (step.action, step.operation) == (Action.BEGIN, Operation.ROLLOVER)
         begun = rollover.begin(after, Operation.ROLLOVER, NOW + POLICY.retry_interval, POLICY)

@@ -172,6 +172,7 @@ def test_table_list_items_are_indexed() -> None:
 def test_secret_from_file_is_stripped_and_hidden(tmp_path: Path) -> None:
     secret_file = tmp_path / "tsig.key"
     secret_file.write_text("  s3cr3t\n")
+    secret_file.chmod(0o600)
     secret = section({"key_file": str(secret_file)}).secret("key")
     assert secret is not None
     assert secret.value == "s3cr3t"

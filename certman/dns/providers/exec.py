@@ -3,8 +3,9 @@
 The command is an argv list (never a shell string) run once per operation with:
 
 - environment: ``CERTMAN_ACTION`` (``read``, ``replace`` or ``delete``), ``CERTMAN_NAME``,
-  ``CERTMAN_TYPE``, ``CERTMAN_TTL`` (empty for read/delete), ``CERTMAN_ZONE``, plus certman's own
-  environment;
+  ``CERTMAN_TYPE``, ``CERTMAN_TTL`` (empty for read/delete), ``CERTMAN_ZONE``, plus a minimal
+  environment (``PATH``, ``HOME``, ``LANG``, ``LC_ALL``, ``TZ``, ``TMPDIR``) and the variables
+  named in ``pass_variables``; never certman's whole environment (it may hold ``*_env`` secrets);
 - stdin: ``{"action", "name", "type", "ttl", "rdatas": [...], "zone"}`` as JSON; for a
   compare-and-swap also ``"expected"``: ``{"ttl", "rdatas"}`` or ``null`` (must be absent).
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from certman.config.toml import Section
 
 EXIT_CONFLICT = 3
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ExecOptions:
     command: tuple[str, ...]
     zone: str | None = None
     timeout: float = 30.0
+    pass_variables: tuple[str, ...] = ()
 
 
 class ExecProvider:
@@ -64,6 +67,7 @@ class ExecProvider:
             command=tuple(command),
             zone=section.domain("zone") if section.has("zone") else None,
             timeout=section.number("timeout", 30.0, low=0.1),
+            pass_variables=tuple(section.str_list("pass_variables", [], nonempty=False)),
         )
 
     def __init__(self, name: str, options: ExecOptions, context: ProviderContext) -> None:
@@ -162,7 +166,7 @@ class ExecProvider:
         import subprocess
 
         env = dict(
-            os.environ,
+            {k: v for k, v in os.environ.items() if k in (*BASE_ENV, *self.options.pass_variables)},
             CERTMAN_ACTION=request["action"],
             CERTMAN_NAME=request["name"],
             CERTMAN_TYPE=request["type"],

@@ -62,8 +62,16 @@ def parse_tsig_key(text: str, source: str, wanted: str | None = None) -> TsigKey
     With several ``key`` blocks, ``wanted`` picks one by name. Raises ValueError with a message
     that never contains the secret.
     """
-    # Drop # and // comments, but not inside quotes: a base64 secret may well contain "//".
-    text = re.sub(r'"[^"]*"|(?:#|//)[^\n]*', lambda m: m[0] if m[0].startswith('"') else "", text)
+    # Drop # and // comments and /* */ blocks (named.conf syntax), but not inside quotes: a
+    # base64 secret may well contain "//". A commented-out old secret must never be used.
+    text = re.sub(
+        r'"[^"]*"|/\*.*?\*/|(?:#|//)[^\n]*',
+        lambda m: m[0] if m[0].startswith('"') else " ",
+        text,
+        flags=re.DOTALL,
+    )
+    if "/*" in re.sub(r'"[^"]*"', "", text):
+        raise ValueError("a /* comment is not closed")
     blocks = _KEY_BLOCK.findall(text)
     if blocks:
         if wanted is not None:

@@ -4,12 +4,14 @@ that every authoritative nameserver serves them (RFC 7671 §8.1).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certman import keys
 from certman.config.schema import CertificateConfig
 from certman.errors import ConflictError, DnsError, PropagationTimeout
+from certman.fsutil import write_point
 from certman.lifecycle import rollover
 from certman.lifecycle.state import State, TlsaProgress
 from certman.lifecycle.statefile import CertDir
@@ -75,16 +77,42 @@ def owned_records(cert: CertificateConfig, cdir: CertDir, state: State) -> set[s
     )
 
 
-def publish(
-    ctx: Context, cert: CertificateConfig, state: State
-) -> tuple[TlsaProgress, set[str], set[str]]:
-    """Compare-and-swap our records into every TLSA RRset; other hosts' records stay.
+def facts_before(ctx: Context, cert: CertificateConfig) -> TlsaProgress:
+    """What every TLSA RRset holds before this PUBLISH writes anything (RFC 7671 §8.1 timing).
 
-    Returns the timing facts, the key digests whose records went away, and the issuer (2 1 x)
-    records now published.
+    Saved before the first DNS write (write-ahead) and never recomputed from what certman itself
+    wrote: the largest TTL in place, whether a name had no RRset, and, for such a name, the
+    negative-caching TTL of its own zone (RFC 2308 §5), the largest across zones.
     """
     from certman.dns.propagation import find_zone
 
+    assert cert.dane is not None
+    provider = ctx.provider(cert.dane.provider)
+    timeout = ctx.config.propagation.query_timeout
+    ttls: list[int] = []
+    negative: list[int] = []
+    for name in cert.dane.tlsa_names():
+        existing = provider.read(name, "TLSA")
+        if existing is not None:
+            ttls.append(existing.ttl)
+            continue
+        zone = ctx.retrying(partial(find_zone, name, ctx.config.resolvers, timeout))
+        negative.append(zone.negative_ttl)
+    return TlsaProgress(
+        ttl_before=max(ttls, default=None),
+        negative_ttl=max(negative, default=None),
+        name_was_empty=bool(negative),
+    )
+
+
+def publish(
+    ctx: Context, cert: CertificateConfig, state: State, facts: TlsaProgress
+) -> tuple[TlsaProgress, set[str], set[str]]:
+    """Compare-and-swap our records into every TLSA RRset; other hosts' records stay.
+
+    ``facts`` are the write-ahead facts of ``facts_before``. Returns the timing facts, the key
+    digests whose records went away, and the issuer (2 1 x) records now published.
+    """
     assert cert.dane is not None
     cdir = CertDir.of(ctx.config.state_dir, cert.name)
     issuers = issuer_records(cert, state)
@@ -96,29 +124,25 @@ def publish(
     wanted = key_records(cert, cdir, rollover.wanted_keys(state)) | issuers
     owned = (owned_records(cert, cdir, state) | set(state.issuer_records)) - wanted
     provider = ctx.provider(cert.dane.provider)
-    ttls_before, ttls_after, serials, zones, empty = [], [], [], set(), False
+    ttls_after, serials, zones = [], [], set()
     for name in cert.dane.tlsa_names():
-        before, after, change = _swap_records(ctx, provider, name, wanted, owned, cert.dane.ttl)
-        if before is None:
-            empty = True
-        else:
-            ttls_before.append(before.ttl)
+        after, change = _swap_records(ctx, provider, name, wanted, owned, cert.dane.ttl)
         ttls_after.append(after.ttl)
         if change is not None:
             zones.add(change.zone)
             if change.serial is not None:
                 serials.append(change.serial)
+            # The provider's own signal (Route 53 GetChange = INSYNC), as for DNS-01.
+            provider.wait_in_sync(change, ctx.config.propagation.timeout)
         if len(after.rdatas) > LARGE_RRSET:
             ctx.progress(f"warning: {name} TLSA RRset has {len(after.rdatas)} records")
-    first = cert.dane.tlsa_names()[0]
-    zone = find_zone(first, ctx.config.resolvers, ctx.config.propagation.query_timeout)
     progress = TlsaProgress(
         written_at=ctx.clock(),
         serial=max(serials) if serials and len(zones) == 1 else None,
-        ttl_before=max(ttls_before, default=None),
+        ttl_before=facts.ttl_before,
         ttl_after=max(ttls_after),
-        negative_ttl=zone.negative_ttl,
-        name_was_empty=empty,
+        negative_ttl=facts.negative_ttl,
+        name_was_empty=facts.name_was_empty,
     )
     spkis = {r.split()[-1] for r in owned if r.startswith("3 1 1 ")}
     return progress, spkis, issuers
@@ -131,7 +155,7 @@ def _swap_records(
     wanted: set[str],
     owned: set[str],
     ttl: int | None,
-) -> tuple[RRset | None, RRset, ChangeResult | None]:
+) -> tuple[RRset, ChangeResult | None]:
     from certman.dns.provider import RRset
 
     for _attempt in range(MAX_CAS_ATTEMPTS):
@@ -140,14 +164,16 @@ def _swap_records(
         new_ttl = ttl or (existing.ttl if existing else DEFAULT_TLSA_TTL)
         rrset = RRset.of(name, "TLSA", new_ttl, keep | wanted)
         if existing is not None and existing.rdatas == rrset.rdatas and existing.ttl == new_ttl:
-            return existing, existing, None
+            return existing, None
         try:
+            write_point(f"before DNS change {name} TLSA")
             change = provider.replace(rrset, expected=existing)
+            write_point(f"after DNS change {name} TLSA")
         except ConflictError:
             ctx.progress(f"{name}: TLSA RRset changed under us; rereading")
             continue
         ctx.progress(f"{name}: TLSA RRset now holds {len(rrset.rdatas)} record(s)")
-        return existing, rrset, change
+        return rrset, change
     raise DnsError(f"{name}: TLSA RRset kept changing; gave up after {MAX_CAS_ATTEMPTS} attempts")
 
 
@@ -165,7 +191,7 @@ def confirm(ctx: Context, cert: CertificateConfig, state: State) -> float | None
     timeout = ctx.config.propagation.query_timeout
     lagging = []
     for name in cert.dane.tlsa_names():
-        zone = find_zone(name, ctx.config.resolvers, timeout)
+        zone = ctx.retrying(partial(find_zone, name, ctx.config.resolvers, timeout))
         expected = provider.read(name, "TLSA")
         report = check_published(
             name, "TLSA", expected, zone=zone, min_serial=state.tlsa.serial, timeout=timeout
@@ -176,12 +202,14 @@ def confirm(ctx: Context, cert: CertificateConfig, state: State) -> float | None
     if not lagging:
         if ctx.config.propagation.validate:
             for name in cert.dane.tlsa_names():
-                validated_rrset(name, "TLSA", ctx.config.resolvers, timeout)
+                ctx.retrying(partial(validated_rrset, name, "TLSA", ctx.config.resolvers, timeout))
         return now
-    written = state.tlsa.written_at or now
-    if now - written > ctx.config.propagation.timeout:
+    # After a timeout the clock restarts when the back-off ends (``confirm_since``): comparing
+    # against the first write would fail every later attempt after a single round.
+    since = state.tlsa.confirm_since or state.tlsa.written_at or now
+    if now - since > ctx.config.propagation.timeout:
         raise PropagationTimeout(
-            f"{cert.name}: not published after {now - written:.0f} s: {'; '.join(lagging)}"
+            f"{cert.name}: not published after {now - since:.0f} s: {'; '.join(lagging)}"
         )
     ctx.progress("; ".join(lagging))
     return None

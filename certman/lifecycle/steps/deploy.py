@@ -81,9 +81,8 @@ def _unpublished(
     missing_keys: set[str] = set()
     missing_issuers: set[str] = set()
     for name in cert.dane.tlsa_names():
-        rrset = validated_rrset(
-            name, "TLSA", ctx.config.resolvers, ctx.config.propagation.query_timeout
-        )
+        timeout = ctx.config.propagation.query_timeout
+        rrset = ctx.retrying(partial(validated_rrset, name, "TLSA", ctx.config.resolvers, timeout))
         served = rrset.rdatas if rrset else frozenset()
         missing_keys |= {f"{name}: {r}" for r in need_keys - served}
         missing_issuers |= need_issuers - served

@@ -1,0 +1,283 @@
+"""SIGKILL at every write point (issue 10): a DNS change, a file rename, ``postconf -e``, a
+reload, a state save, before and after each. The points are enumerated by certman itself
+(``CERTMAN_FAULT_LOG``), so a new write point is covered without editing this test.
+
+For each point N of a whole rollover: put the host back where it was, kill certman at N
+(``CERTMAN_FAULT_KILL_AT``), then let ``certman run`` finish, while a DANE prober checks the live
+server through the caching validating resolver every 200 ms. No probe may fail.
+
+Two bootstrap cases kill at every point of the first run (ADOPT, PUBLISH, CONFIRM) and check
+the write-ahead facts the 2 x TTL wait is computed from: an RRset whose TTL is being lowered
+(8 -> 3), and a name with no RRset at all (negative caching, RFC 2308).
+
+Figures (points, probes, failures) are printed; run alone with ``make killsweep``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from helpers import Prober
+from test_rollover_e2e import bootstrap, fresh_host, rfc2136, served_spki, state_of
+from testbed import Testbed
+
+from certman.cli.main import main
+from certman.config.load import load_config as load
+from certman.config.schema import PostfixConfig
+from certman.dns.propagation import check_published, find_zone
+from certman.dns.provider import RRset
+from certman.lifecycle.state import Phase, State
+from certman.postfix.commands import Postfix
+
+pytestmark = [pytest.mark.integration, pytest.mark.killsweep]
+ROOT = Path(__file__).resolve().parents[2]
+TLSA = "_25._tcp.mx1.dane.test"
+SLOT = "ecdsa-p256"
+
+
+@dataclass
+class Runs:
+    """Every certman process's output, to search for secrets afterwards."""
+
+    outputs: list[str] = field(default_factory=list)
+
+    def certman(
+        self, config: Path, *args: str, log: Path | None = None, kill_at: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("CERTMAN_FAULT_LOG", None)
+        env.pop("CERTMAN_FAULT_KILL_AT", None)
+        if log is not None:
+            env["CERTMAN_FAULT_LOG"] = str(log)
+        if kill_at is not None:
+            env["CERTMAN_FAULT_KILL_AT"] = str(kill_at)
+        done = subprocess.run(
+            [sys.executable, "-m", "certman", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=env,
+        )
+        self.outputs.append(done.stdout + done.stderr)
+        return done
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A host at rest: certman's state, the files Postfix reads, main.cf's setting, DNS."""
+
+    saved: Path
+    chain_files: str
+    rrset: RRset | None
+
+
+def postfix_of(bed: Testbed) -> Postfix:
+    pf = bed.postfix["mx1"]
+    return Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+
+
+def snapshot(bed: Testbed, config: Path, where: Path) -> Snapshot:
+    cfg = load(config)
+    shutil.copytree(cfg.state_dir, where / "state", symlinks=True)
+    files = config.parent / "postfix-files"
+    if files.exists():
+        shutil.copytree(files, where / "postfix-files", symlinks=True)
+    chain = postfix_of(bed).get("smtpd_tls_chain_files")["smtpd_tls_chain_files"]
+    return Snapshot(where, chain, rfc2136(bed).read(TLSA, "TLSA"))
+
+
+def restore(bed: Testbed, config: Path, snap: Snapshot) -> None:
+    cfg = load(config)
+    shutil.rmtree(cfg.state_dir, ignore_errors=True)
+    shutil.copytree(snap.saved / "state", cfg.state_dir, symlinks=True)
+    files = config.parent / "postfix-files"
+    shutil.rmtree(files, ignore_errors=True)
+    if (snap.saved / "postfix-files").exists():
+        shutil.copytree(snap.saved / "postfix-files", files, symlinks=True)
+    postfix = postfix_of(bed)
+    postfix.set({"smtpd_tls_chain_files": snap.chain_files})
+    postfix.reload()
+    provider = rfc2136(bed)
+    if snap.rrset is None:
+        provider.delete(TLSA, "TLSA")
+    else:
+        provider.replace(snap.rrset)
+    # What the resolver cached in the previous round is not what this round starts from: flush
+    # it once every nameserver serves the restored RRset (the secondary lags a little).
+    zone = find_zone(TLSA, [bed.resolver])
+    deadline = time.monotonic() + 30
+    while not check_published(TLSA, "TLSA", snap.rrset, zone=zone).published:
+        assert time.monotonic() < deadline, "the secondary never caught up with the restore"
+        time.sleep(0.1)
+    bed.unbound_control("flush_zone", "dane.test")
+    bed.unbound_control("flush_negative")
+
+
+def points(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def finish(
+    runs: Runs, config: Path, command: tuple[str, ...], done: Callable[[State], bool]
+) -> State:
+    """What an operator does after a crash: `certman run` until done; the command again if the
+    crash came before the operation was even recorded."""
+    for _ in range(6):
+        state = state_of(config)
+        assert isinstance(state, State)
+        idle = state.phase is Phase.STEADY and state.operation is None
+        if idle and done(state):
+            return state
+        args = command if idle else ("run", "--max-wait", "120")
+        result = runs.certman(config, *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+    raise AssertionError(f"not finished: {state_of(config)}")
+
+
+def prepare_rollover(bed: Testbed, config: Path) -> Callable[[State], bool]:
+    """From a bootstrapped host at rest: `certman rollover` promotes the next key."""
+    bootstrap(bed, config)
+    time.sleep(7)  # 2 x TTL + 1: the bootstrap's records aged in every cache
+    before = state_of(config)
+    assert isinstance(before, State)
+    nxt = before.next[SLOT].spki_sha256
+    return lambda state: state.current[SLOT].spki_sha256 == nxt == served_spki(bed, "mx1")
+
+
+def prepare_first_install(bed: Testbed, config: Path) -> Callable[[State], bool]:
+    """From a bootstrap whose records aged: `certman run` issues and installs the first ACME
+    certificate, which switches main.cf to certman's file (postconf -e) and reloads."""
+    for _ in range(20):
+        assert main(["--config", str(config), "run", "--max-wait", "0"]) == 0
+        state = state_of(config)
+        assert isinstance(state, State)
+        if state.phase is Phase.AGE:
+            break
+        time.sleep(0.5)  # CONFIRM: the secondary has not caught up yet
+    state = state_of(config)
+    assert isinstance(state, State) and state.phase is Phase.AGE
+    time.sleep(max(0.0, (state.tlsa.not_before or 0) - time.time()) + 1)
+    current = state.current[SLOT].spki_sha256
+    return lambda st: bool(st.certs) and current == served_spki(bed, "mx1")
+
+
+SCENARIOS = {
+    "rollover": (prepare_rollover, ("rollover", "mx1")),
+    "first-install": (prepare_first_install, ("run", "--max-wait", "120")),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_a_kill_at_any_write_point_never_fails_a_dane_sender(
+    testbed: Testbed, tmp_path: Path, scenario: str
+) -> None:
+    prepare, command = SCENARIOS[scenario]
+    config = fresh_host(testbed, tmp_path / "host")
+    done = prepare(testbed, config)
+    snap = snapshot(testbed, config, tmp_path / "snap")
+    runs = Runs()
+    count = tmp_path / "count.log"
+    assert runs.certman(config, *command, log=count).returncode == 0
+    total = len(points(count))
+    labels = [line.split(" ", 2)[2] for line in points(count)]
+    kinds = {"DNS change", "reload", "state.json"} | (
+        {"postconf -e"} if "install" in scenario else set()
+    )
+    assert all(any(k in x for x in labels) for k in kinds), labels
+    samples = killed = 0
+    for n in range(1, total + 1):
+        restore(testbed, config, snap)
+        prober = Prober(testbed, "mx1.dane.test", testbed.postfix["mx1"].address)
+        with prober.running():
+            time.sleep(0.5)
+            began = time.time()
+            crashed = runs.certman(config, *command, log=tmp_path / f"kill-{n}.log", kill_at=n)
+            assert crashed.returncode == -signal.SIGKILL, (n, crashed.stdout, crashed.stderr)
+            killed_at = time.time()
+            killed += 1
+            finish(runs, config, command, done)
+            time.sleep(1.0)
+        label = labels[n - 1]
+        timeline = [(round(t - began, 2), ok, out[:90]) for t, ok, out in prober.failures[:3]]
+        assert prober.failures == [], (n, label, round(killed_at - began, 2), timeline)
+        samples += len(prober.results)
+    secret = testbed.bind.tsig.secret
+    leaks = sum(secret in out for out in runs.outputs)
+    print(
+        f"\nkill sweep ({scenario}): {total} write points, {killed} kills, {samples} probes, "
+        f"0 probe failures, {len(runs.outputs)} certman runs, {leaks} outputs with a secret"
+    )
+    assert leaks == 0
+
+
+def _bootstrap_facts_after_kills(
+    bed: Testbed, tmp_path: Path, existing_ttl: int | None
+) -> tuple[int, list[State]]:
+    """Kill at every point of a bootstrap's first run, finish it; the write-ahead facts."""
+    config = fresh_host(bed, tmp_path / "host")
+    if existing_ttl is not None:
+        served = served_spki(bed, "mx1")
+        rfc2136(bed).replace(RRset.of(TLSA, "TLSA", existing_ttl, {f"3 1 1 {served}"}))
+    snap = snapshot_fresh(bed, config, tmp_path / "snap")
+    runs = Runs()
+    count = tmp_path / "count.log"
+    assert runs.certman(config, "run", "--max-wait", "0", log=count).returncode == 0
+    total = len(points(count))
+    assert any("DNS change" in line for line in points(count))
+    states: list[State] = []
+    for n in range(1, total + 1):
+        restore(bed, config, snap)
+        crashed = runs.certman(
+            config, "run", "--max-wait", "0", log=tmp_path / f"k{n}.log", kill_at=n
+        )
+        assert crashed.returncode == -signal.SIGKILL, (n, crashed.stdout, crashed.stderr)
+        for _ in range(4):
+            state = state_of(config)
+            assert isinstance(state, State)
+            if state.phase is Phase.AGE:
+                break
+            assert runs.certman(config, "run", "--max-wait", "0").returncode == 0
+        final = state_of(config)
+        assert isinstance(final, State) and final.phase is Phase.AGE, (n, final)
+        states.append(final)
+    assert not any(bed.bind.tsig.secret in out for out in runs.outputs)
+    return total, states
+
+
+def snapshot_fresh(bed: Testbed, config: Path, where: Path) -> Snapshot:
+    """A host certman never ran on: no state, the testbed's own certificate, DNS as it is."""
+    cfg = load(config)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    return snapshot(bed, config, where)
+
+
+def test_a_kill_while_lowering_the_ttl_never_shortens_the_wait(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    total, states = _bootstrap_facts_after_kills(testbed, tmp_path, existing_ttl=8)
+    for state in states:
+        tlsa = state.tlsa
+        assert (tlsa.ttl_before, tlsa.ttl_after) == (8, 3), tlsa
+        assert tlsa.confirmed_at is not None and tlsa.not_before is not None
+        assert tlsa.not_before >= tlsa.confirmed_at + 2 * 8, tlsa
+    print(f"\nkill sweep (TTL 8 -> 3 bootstrap): {total} write points, {len(states)} kills")
+
+
+def test_a_kill_while_bootstrapping_an_empty_name_keeps_the_negative_ttl(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    total, states = _bootstrap_facts_after_kills(testbed, tmp_path, existing_ttl=None)
+    for state in states:
+        tlsa = state.tlsa
+        assert tlsa.name_was_empty and tlsa.negative_ttl == testbed.bind.negative_ttl, tlsa
+    print(f"\nkill sweep (empty-name bootstrap): {total} write points, {len(states)} kills")

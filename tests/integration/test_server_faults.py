@@ -1,0 +1,138 @@
+"""Servers failing under certman, on the testbed (issue 10): the ACME server down, the validating
+resolver down, a Postfix reload that fails. Each: a one-line error, exit 1, nothing live changed
+(Postfix serves what it served, DNS holds what it held), and a later run resumes and finishes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_rollover_e2e import fresh_host, primary_tlsa, served_spki, state_of
+from testbed import Testbed
+
+from certman.config.schema import PostfixConfig
+from certman.lifecycle.state import Phase, State
+from certman.postfix.commands import Postfix
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+TLSA = "_25._tcp.mx1.dane.test"
+
+
+def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "certman", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def edit(config: Path, old: str, new: str) -> str:
+    text = config.read_text()
+    assert old in text, old
+    config.write_text(text.replace(old, new, 1))
+    return text
+
+
+def one_line_failure(done: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> str:
+    assert done.returncode == code, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def state(config: Path) -> State:
+    found = state_of(config)
+    assert isinstance(found, State)
+    return found
+
+
+def test_acme_server_down_changes_nothing_live_and_a_later_run_resumes(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    config = fresh_host(testbed, tmp_path)
+    served = served_spki(testbed, "mx1")
+    good = edit(
+        config,
+        f'directory = "{testbed.pebble.directory}"',
+        'directory = "https://127.0.0.1:1/dir"\nretries = 0',
+    )
+    # A CA that does not answer is temporary (exit 75), with a back-off.
+    one_line_failure(run(config, "run", "--max-wait", "60"), "127.0.0.1:1", code=75)
+    failed = state(config)
+    assert failed.phase is Phase.ISSUE and failed.last_error and failed.retry_after
+    assert served_spki(testbed, "mx1") == served  # Postfix untouched
+    records = primary_tlsa(testbed, TLSA)
+    config.write_text(good)
+    one_line_failure(run(config, "run"), "backing off")  # exit 1 while backing off
+    assert primary_tlsa(testbed, TLSA) == records
+    config_state = state(config)
+    assert config_state.retry_after is not None
+    # The operator fixed the CA; `certman issue` goes now instead of waiting out the back-off.
+    done = run(config, "issue", "mx1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = state(config)
+    assert final.phase is Phase.STEADY and final.certs and final.failures == 0
+    assert served_spki(testbed, "mx1") == served == final.current["ecdsa-p256"].spki_sha256
+
+
+def test_validating_resolver_down_writes_nothing_and_a_later_run_resumes(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    config = fresh_host(testbed, tmp_path)
+    good = edit(config, f'resolvers = ["{testbed.resolver}"]', 'resolvers = ["127.0.0.99"]')
+    edit(config, "timeout = 60", "timeout = 3")  # the lost answers are retried this long
+    before = primary_tlsa(testbed, TLSA)
+    line = one_line_failure(run(config, "run", "--max-wait", "60"), "no resolver answered")
+    assert "127.0.0.99" in line
+    assert primary_tlsa(testbed, TLSA) == before  # the write-ahead facts came first: no write
+    failed = state(config)
+    assert failed.phase is Phase.PUBLISH and failed.publish_facts is None
+    config.write_text(good)
+    done = run(config, "rollover", "mx1")  # the operator does not wait out the back-off
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert state(config).phase is Phase.STEADY
+
+
+def test_a_failing_postfix_reload_rolls_back_and_a_later_run_finishes(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    config = fresh_host(testbed, tmp_path)
+    served = served_spki(testbed, "mx1")
+    flag = tmp_path / "reload-fails-once"
+    flag.touch()
+    script = tmp_path / "reload.sh"
+    pf = testbed.postfix["mx1"]
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ -e "{flag}" ]; then rm -f "{flag}"\n'
+        '  echo "postfix: fatal: simulated" >&2; exit 1\nfi\n'
+        f'exec postfix -c "{pf.config_dir}" reload\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    edit(config, "[postfix]\n", f'[postfix]\nreload_command = ["{script}"]\n')
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    chain_before = postfix.get("smtpd_tls_chain_files")
+    done = run(config, "run", "--max-wait", "60")
+    line = one_line_failure(done, "previous certificate restored")
+    assert "simulated" in line
+    rolled = state(config)
+    assert rolled.phase is Phase.STEADY and rolled.operation is None and rolled.retry_after
+    assert served_spki(testbed, "mx1") == served
+    assert postfix.get("smtpd_tls_chain_files") == chain_before  # main.cf put back
+    done = run(config, "issue", "mx1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = state(config)
+    assert final.phase is Phase.STEADY and final.certs
+    assert served_spki(testbed, "mx1") == served
