@@ -251,7 +251,10 @@ def _perform(fleet: Fleet, state: State, step: Step, policy: Policy) -> tuple[St
         case Action.PUBLISH:
             state = key_steps.ensure_next_keys(ctx, cert, wdir, state)
             _copy_keys(fleet, state)
-            progress, retired, issuers = dane_steps.publish(ctx, cert, state)
+            # The facts about DNS before the change (per-zone negative TTL). Not yet saved to the
+            # fleet store ahead of the write, as the single-host engine does (issue 10).
+            facts = state.publish_facts or dane_steps.facts_before(ctx, cert)
+            progress, retired, issuers = dane_steps.publish(ctx, cert, state, facts)
             state = state.evolve(issuer_records=tuple(sorted(issuers)))
             return rollover.after_publish(state, progress, retired), None
         case Action.CONFIRM:
