@@ -161,7 +161,7 @@ def expected_full(tmp: Path, path: Path) -> Config:
         Layout.CHAIN_FILES,
         Path("/etc/postfix/certman"),
         True,
-        Path("/etc/postfix-out"),
+        tmp / "postfix-out",
         (
             Target(TargetKind.SERVICE, service="submission/inet"),
             Target.parse("sni:www.example.org"),
@@ -187,7 +187,7 @@ def expected_full(tmp: Path, path: Path) -> Config:
             rollover_days=90,
         ),
         install=InstallConfig(
-            Layout.KEY_CERT, Path("/etc/postfix-out/certman"), False, Path("/etc/postfix-out")
+            Layout.KEY_CERT, Path("/etc/postfix-out/certman"), False, tmp / "postfix-out"
         ),
         renew_fraction=0.5,
         use_ari=False,
