@@ -20,17 +20,25 @@ halves and ``rollback`` are idempotent, so a crash anywhere is repaired by runni
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from certman.config.schema import CertificateConfig, Layout, Target, TargetKind
 from certman.errors import CertmanError, ConfigError
-from certman.fsutil import atomic_write, private_dir
+from certman.fsutil import atomic_write
 from certman.model import KeyType
+from certman.postfix.archive import (
+    NewFile,
+    OldFile,
+    archive_old,
+    mkdir,
+    new_archive,
+    prunable,
+    prune_archives,
+    read,
+    stage,
+)
 from certman.postfix.commands import (
     CHAIN_FILES,
     LEGACY_PAIRS,
@@ -61,8 +69,13 @@ __all__ = [
     "served_keys",
 ]
 
+
 MANAGED = TLS_FILE_PARAMETERS
+
+
 RECORD_FILE = "record.json"
+
+
 KEEP_ARCHIVES = 5
 
 
@@ -77,29 +90,6 @@ class KeyBundle:
     def chain_file_pem(self) -> bytes:
         """Key, leaf, chain: the order smtpd_tls_chain_files requires (postconf(5))."""
         return _nl(self.key_pem) + _nl(self.fullchain_pem)
-
-
-@dataclass(frozen=True)
-class NewFile:
-    """A file install writes: ``path`` gets the bytes of ``staged`` (a copy in the archive)."""
-
-    path: str
-    staged: str
-    mode: int
-
-
-@dataclass(frozen=True)
-class OldFile:
-    """A file as it was before install: ``archived`` is its copy (None: it did not exist).
-
-    ``overwritten``: install writes this path, so rollback always puts the copy back; other
-    (served, untouched) files are restored only if they have gone missing.
-    """
-
-    path: str
-    archived: str | None
-    mode: int
-    overwritten: bool
 
 
 @dataclass(frozen=True)
@@ -181,14 +171,14 @@ def prepare(
     effective = postfix.get(*MANAGED, "queue_directory")
     explicit = postfix.get_raw(*MANAGED)
     now = clock()
-    archive = _new_archive(state_dir / "archive" / cert.name, now)
+    archive = new_archive(state_dir / "archive" / cert.name, now)
     version = archive.name
     targets = _targets(cert, bundles, version)
-    new_files = tuple(_stage(archive, path, data, mode) for path, data, mode in targets)
+    new_files = tuple(stage(archive, path, data, mode) for path, data, mode in targets)
     served = list(
         dict.fromkeys(p for t in cert.install.targets for p in served_file_paths(postfix, t))
     )
-    old_files = _archive_old(archive, [f.path for f in new_files], served)
+    old_files = archive_old(archive, [f.path for f in new_files], served)
     after: dict[str, str] = {}
     changes: list[TargetChange] = []
     notes: list[str] = []
@@ -213,12 +203,12 @@ def prepare(
         params_before={k: v for k, v in explicit.items() if k in after},
         params_default=postfix.get_default(*after) if after else {},
         params_after=after,
-        prune=_prunable(cert, {f.path for f in new_files} | set(served)),
+        prune=prunable(cert, {f.path for f in new_files} | set(served)),
         notes=tuple(notes),
         target_changes=tuple(changes),
     )
     atomic_write(archive / RECORD_FILE, record.to_json().encode(), mode=0o600)
-    _prune_archives(archive.parent, keep=KEEP_ARCHIVES)
+    prune_archives(archive.parent, keep=KEEP_ARCHIVES)
     return record
 
 
@@ -229,8 +219,8 @@ def apply(record: InstallRecord, *, postfix: Postfix) -> None:
     names no smtpd reads until the single main.cf change. Repeating ``apply`` is harmless.
     """
     for new in record.new_files:
-        data = _read(Path(new.staged), "staged copy")
-        _mkdir(Path(new.path).parent)
+        data = read(Path(new.staged), "staged copy")
+        mkdir(Path(new.path).parent)
         atomic_write(Path(new.path), data, mode=new.mode)
     _apply_targets(record.target_changes, postfix, "after")
     if record.params_after:
@@ -249,9 +239,9 @@ def rollback(record: InstallRecord, *, postfix: Postfix) -> None:
         path = Path(old.path)
         if old.archived is None or not (old.overwritten or not path.exists()):
             continue
-        data = _read(Path(old.archived), "archived copy")
+        data = read(Path(old.archived), "archived copy")
         if not path.exists() or path.read_bytes() != data:
-            _mkdir(path.parent)
+            mkdir(path.parent)
             atomic_write(path, data, mode=old.mode)
     _apply_targets(record.target_changes, postfix, "before")
     if record.params_after:
@@ -330,9 +320,6 @@ def _sni_switch_on(
     return {SNI_MAPS: _default_sni_table(cert).spec}
 
 
-# --- planning helpers -------------------------------------------------------------------------
-
-
 def _nl(pem: bytes) -> bytes:
     return pem if pem.endswith(b"\n") else pem + b"\n"
 
@@ -391,41 +378,6 @@ def _targets(
     return out
 
 
-def _new_archive(base: Path, now: float) -> Path:
-    private_dir(base)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    for attempt in range(1000):
-        candidate = base / (stamp if attempt == 0 else f"{stamp}-{attempt}")
-        try:
-            candidate.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        return candidate
-    raise CertmanError(f"{base}: cannot create a new archive directory for {stamp}")
-
-
-def _stage(archive: Path, path: Path, data: bytes, mode: int) -> NewFile:
-    staged = private_dir(archive / "new") / path.name
-    atomic_write(staged, data, mode=0o600)
-    return NewFile(str(path), str(staged), mode)
-
-
-def _archive_old(archive: Path, written: list[str], served: list[str]) -> tuple[OldFile, ...]:
-    old: list[OldFile] = []
-    for index, name in enumerate(dict.fromkeys([*written, *served])):
-        path = Path(name)
-        overwritten = name in written
-        if not path.exists():
-            if overwritten:
-                old.append(OldFile(name, None, 0, True))
-            continue
-        copy = private_dir(archive / "old") / f"{index}-{path.name}"
-        data = _read(path, "served file")
-        atomic_write(copy, data, mode=0o600)
-        old.append(OldFile(name, str(copy), path.stat().st_mode & 0o7777, overwritten))
-    return tuple(old)
-
-
 def _param_changes(
     cert: CertificateConfig, kinds: list[KeyType], paths: list[str], effective: Mapping[str, str]
 ) -> dict[str, str]:
@@ -480,47 +432,3 @@ def _unmanaged_notes(
             f"{', '.join(missing)}; Postfix will not serve the new files until it does"
         )
     return notes
-
-
-def _version_pattern(cert: CertificateConfig) -> re.Pattern[str]:
-    kinds = "|".join(re.escape(k.value) for k in KeyType)
-    return re.compile(
-        rf"^{re.escape(cert.name)}-(?:{kinds})-\d{{8}}T\d{{6}}Z(?:-\d+)?\.(?:key|crt)$"
-    )
-
-
-def _prunable(cert: CertificateConfig, keep: set[str]) -> tuple[str, ...]:
-    """key-cert versions that are neither the new one nor the one served before it."""
-    directory = cert.install.directory
-    if cert.install.layout is not Layout.KEY_CERT or not directory.is_dir():
-        return ()
-    pattern = _version_pattern(cert)
-    return tuple(
-        str(p) for p in sorted(directory.iterdir()) if pattern.match(p.name) and str(p) not in keep
-    )
-
-
-def _archive_order(path: Path) -> tuple[str, int]:
-    """``20260101T000000Z-10`` after ``...-2``: the stamp, then the counter as a number."""
-    stamp, _, counter = path.name.partition("-")
-    return stamp, int(counter) if counter.isdigit() else 0
-
-
-def _prune_archives(base: Path, keep: int) -> None:
-    dirs = sorted((p for p in base.iterdir() if p.is_dir()), key=_archive_order)
-    for old in dirs[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _mkdir(directory: Path) -> None:
-    # 0755: the key files themselves are 0600; smtpd reads them as root before dropping
-    # privileges (TLS_README), other readers of the .crt files may not be root.
-    if not directory.is_dir():
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CertmanError(f"{path}: cannot read {what}: {exc.strerror}") from None
