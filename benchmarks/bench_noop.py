@@ -1,0 +1,143 @@
+"""The cron no-op, side by side: ``certman run`` with 1, 100 and 1,000 certificates none due
+(fast path, and the full path as it was before it: ``CERTMAN_NO_FASTPATH=1``), ``certbot renew``
+with one lineage not due, and ``python -c pass``, alternating; medians and peak memory. Also
+where the time goes: ``-X importtime`` and the time to the first byte of output."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from common import (
+    CERTMAN,
+    PYTHON,
+    Row,
+    Sample,
+    alternate,
+    check_ok,
+    environment,
+    median,
+    ms,
+    p90,
+    run_child,
+)
+from startup import idle_host
+
+SIZES = (1, 100, 1000)
+SECTION = "cron no-op"
+GOALS_MS = {1: None, 100: 60.0, 1000: 200.0}  # 1: within 15 ms of the interpreter (below)
+
+
+def run(certbot_renew: list[str] | None, certbot_python: str | None, rounds: int) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="certman-bench-noop-") as tmp:
+        configs = {}
+        for size in SIZES:
+            (Path(tmp) / str(size)).mkdir()
+            configs[size] = idle_host(Path(tmp) / str(size), size)
+        fast_env, full_env = environment(), environment(CERTMAN_NO_FASTPATH="1")
+        cases: dict[str, Callable[[], Sample]] = {
+            "python -c pass": lambda: run_child([PYTHON, "-c", "pass"]),
+        }
+        for size, config in configs.items():
+            argv = [CERTMAN, "--config", str(config), "run", "--quiet"]
+            check_ok(run_child(argv, env=fast_env), f"certman run ({size})")  # writes the record
+            cases[f"certman run, {size} cert(s), fast path"] = _bind(argv, fast_env)
+            cases[f"certman run, {size} cert(s), full path"] = _bind(argv, full_env)
+        if certbot_renew is not None and certbot_python is not None:
+            check_ok(run_child(certbot_renew), "certbot renew")
+            cases["certbot renew, 1 lineage not due"] = _bind(certbot_renew, None)
+            cases["certbot's python -c pass"] = lambda: run_child([certbot_python, "-c", "pass"])
+        samples = alternate(cases, rounds)
+        for name, runs in samples.items():
+            for sample in runs:
+                check_ok(sample, name)
+        rows = _rows(samples)
+        rows += _where_the_time_goes(configs[1])
+    return rows
+
+
+def _bind(argv: list[str], env: dict[str, str] | None) -> Callable[[], Sample]:
+    return lambda: run_child(argv, env=env)
+
+
+def _rows(samples: dict[str, list[Sample]]) -> list[Row]:
+    med = {name: median([s.seconds for s in runs]) for name, runs in samples.items()}
+    rss = {name: median([s.max_rss_kib for s in runs]) / 1024 for name, runs in samples.items()}
+    bare = med["python -c pass"]
+    rows = []
+    for name, runs in samples.items():
+        times = [s.seconds for s in runs]
+        detail = f"p90 {ms(p90(times))}, peak {rss[name]:.1f} MiB, +{ms(med[name] - bare)} over python"
+        rows.append(Row(SECTION, name, med[name], detail=detail, extra={"max_rss_mib": rss[name]}))
+    by_name = {r.case: r for r in rows}
+    one = by_name["certman run, 1 cert(s), fast path"]
+    one.goal, one.met = "<= python + 15 ms", med[one.case] - bare <= 0.015
+    for size, goal in GOALS_MS.items():
+        if goal is not None:
+            row = by_name[f"certman run, {size} cert(s), fast path"]
+            row.goal, row.met = f"< {goal:.0f} ms", med[row.case] < goal / 1000
+    certbot = med.get("certbot renew, 1 lineage not due")
+    if certbot:
+        ratio = med[one.case] / certbot
+        rows.append(
+            Row(SECTION, "ratio certman (1 cert, fast) / certbot renew", ratio, unit="x",
+                goal="< 0.10", met=ratio < 0.10)
+        )
+    for path in ("fast", "full"):
+        cost = [med[f"certman run, {n} cert(s), {path} path"] - bare for n in SIZES]
+        low = (cost[1] - cost[0]) / (SIZES[1] - SIZES[0])
+        high = (cost[2] - cost[1]) / (SIZES[2] - SIZES[1])
+        linear = high <= 2 * max(low, 0.0) + 20e-6  # not growing faster: 20 us/cert of noise
+        rows.append(
+            Row(
+                SECTION,
+                f"per added certificate, {path} path",
+                high * 1000,
+                unit="ms",
+                detail=f"1->100: {low * 1000:.3f} ms/cert, 100->1000: {high * 1000:.3f} ms/cert",
+                goal="linear" if path == "fast" else "",
+                met=linear if path == "fast" else None,
+            )
+        )
+    return rows
+
+
+def _where_the_time_goes(config: Path) -> list[Row]:
+    """-X importtime of both paths (module count, slowest modules), time to first byte."""
+    rows = []
+    for path, env in (("fast", environment()), ("full", environment(CERTMAN_NO_FASTPATH="1"))):
+        argv = [PYTHON, "-X", "importtime", "-m", "certman", "--config", str(config), "run"]
+        sample = run_child(argv, env=env)
+        check_ok(sample, "importtime")
+        bare = run_child([PYTHON, "-X", "importtime", "-c", "pass"])
+        added = _modules(sample.stderr).keys() - _modules(bare.stderr).keys()
+        mods = _modules(sample.stderr)
+        top = sorted(((mods[m], m) for m in added), reverse=True)[:8]
+        cert_total = sum(mods[m] for m in added) / 1e6
+        rows.append(
+            Row("where the time goes", f"imports beyond python's own, {path} path", len(added),
+                unit="modules",
+                detail=f"self time {cert_total * 1000:.1f} ms; slowest: "
+                + ", ".join(f"{m} {t / 1000:.1f} ms" for t, m in top[:5]),
+                extra={"modules": sorted(added), "slowest_us": top})
+        )
+        ttfb = [run_child([CERTMAN, "--config", str(config), "run"], env=env, first_byte=True)
+                for _ in range(7)]
+        rows.append(
+            Row("where the time goes", f"time to first byte, {path} path",
+                median([s.first_byte or s.seconds for s in ttfb]),
+                detail=f"whole run {ms(median([s.seconds for s in ttfb]))}")
+        )
+    return rows
+
+
+def _modules(importtime: str) -> dict[str, int]:
+    """module -> self time in microseconds, from ``-X importtime`` output."""
+    found = {}
+    for line in importtime.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            self_us, _, name = line.removeprefix("import time:").split("|")
+            if self_us.strip().isdigit():
+                found[name.strip()] = int(self_us)
+    return found

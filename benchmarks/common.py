@@ -1,0 +1,143 @@
+"""What every benchmark shares: timing a child process (wall time, peak memory, first byte),
+alternating cases round by round, medians, and the result rows ``run_all.py`` prints and saves."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+VENV_BIN = ROOT / ".venv" / "bin"
+PYTHON = str(VENV_BIN / "python")
+CERTMAN = str(VENV_BIN / "certman")
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    max_rss_kib: int
+    returncode: int
+    stdout: str
+    stderr: str
+    first_byte: float | None = None  # seconds from start to the first byte on stdout
+
+
+@dataclass
+class Row:
+    """One line of the table: a case, its figure, and the goal it is held against (if any)."""
+
+    section: str
+    case: str
+    value: float | None  # the headline figure, in ``unit``
+    unit: str = "s"
+    detail: str = ""
+    goal: str = ""
+    met: bool | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def run_child(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600.0,
+    first_byte: bool = False,
+) -> Sample:
+    """Run ``argv`` to the end: wall time, peak RSS (wait4's rusage: this child alone), output."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=err, env=None if env is None else dict(env)
+        )
+        assert proc.stdout is not None
+        first: float | None = None
+        chunks = []
+        if first_byte:
+            byte = proc.stdout.read(1)
+            first = time.perf_counter() - start if byte else None
+            chunks.append(byte)
+        chunks.append(proc.stdout.read())
+        _, status, usage = _wait4(proc.pid, timeout)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.stdout.close()
+        err.seek(0)
+        return Sample(
+            seconds,
+            usage.ru_maxrss,
+            proc.returncode,
+            b"".join(chunks).decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            first,
+        )
+
+
+def _wait4(pid: int, timeout: float) -> tuple[int, int, resource.struct_rusage]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got, status, usage = os.wait4(pid, os.WNOHANG)
+        if got:
+            return got, status, usage
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            return os.wait4(pid, 0)
+        time.sleep(0.001)
+
+
+def alternate(
+    cases: Mapping[str, Callable[[], Sample]], rounds: int, *, warmup: int = 1
+) -> dict[str, list[Sample]]:
+    """Run every case once per round, the order rotating each round (A B C, B C A, ...), so a
+    slow moment of the shared machine hits every case alike. Warm-up rounds are discarded."""
+    names = list(cases)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for index in range(warmup + rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            sample = cases[name]()
+            if index >= warmup:
+                samples[name].append(sample)
+    return samples
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def p90(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * 0.9 + 0.5) - 1)]
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def check_ok(sample: Sample, what: str) -> None:
+    if sample.returncode != 0:
+        tail = (sample.stderr or sample.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{what}: exit {sample.returncode}: {' | '.join(tail)}")
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CERTMAN_NO_FASTPATH", None)
+    return {**env, **extra}
