@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import (
-    CERTMAN,
-    PYTHON,
     Row,
     Sample,
     alternate,
     check_ok,
+    deployed_venv,
     environment,
     median,
     ms,
@@ -30,6 +29,7 @@ GOALS_MS = {1: None, 100: 60.0, 1000: 200.0}  # 1: within 15 ms of the interpret
 
 
 def run(certbot_renew: list[str] | None, certbot_python: str | None, rounds: int) -> list[Row]:
+    python, certman = deployed_venv()
     with tempfile.TemporaryDirectory(prefix="certman-bench-noop-") as tmp:
         configs = {}
         for size in SIZES:
@@ -37,10 +37,10 @@ def run(certbot_renew: list[str] | None, certbot_python: str | None, rounds: int
             configs[size] = idle_host(Path(tmp) / str(size), size)
         fast_env, full_env = environment(), environment(CERTMAN_NO_FASTPATH="1")
         cases: dict[str, Callable[[], Sample]] = {
-            "python -c pass": lambda: run_child([PYTHON, "-c", "pass"]),
+            "python -c pass": lambda: run_child([python, "-c", "pass"]),
         }
         for size, config in configs.items():
-            argv = [CERTMAN, "--config", str(config), "run", "--quiet"]
+            argv = [certman, "--config", str(config), "run", "--quiet"]
             check_ok(run_child(argv, env=fast_env), f"certman run ({size})")  # writes the record
             cases[f"certman run, {size} cert(s), fast path"] = _bind(argv, fast_env)
             cases[f"certman run, {size} cert(s), full path"] = _bind(argv, full_env)
@@ -53,7 +53,7 @@ def run(certbot_renew: list[str] | None, certbot_python: str | None, rounds: int
             for sample in runs:
                 check_ok(sample, name)
         rows = _rows(samples)
-        rows += _where_the_time_goes(configs[1])
+        rows += _where_the_time_goes(python, certman, configs[1])
     return rows
 
 
@@ -103,14 +103,14 @@ def _rows(samples: dict[str, list[Sample]]) -> list[Row]:
     return rows
 
 
-def _where_the_time_goes(config: Path) -> list[Row]:
+def _where_the_time_goes(python: str, certman: str, config: Path) -> list[Row]:
     """-X importtime of both paths (module count, slowest modules), time to first byte."""
     rows = []
     for path, env in (("fast", environment()), ("full", environment(CERTMAN_NO_FASTPATH="1"))):
-        argv = [PYTHON, "-X", "importtime", "-m", "certman", "--config", str(config), "run"]
+        argv = [python, "-X", "importtime", certman, "--config", str(config), "run"]
         sample = run_child(argv, env=env)
         check_ok(sample, "importtime")
-        bare = run_child([PYTHON, "-X", "importtime", "-c", "pass"])
+        bare = run_child([python, "-X", "importtime", "-c", "pass"])
         added = _modules(sample.stderr).keys() - _modules(bare.stderr).keys()
         mods = _modules(sample.stderr)
         top = sorted(((mods[m], m) for m in added), reverse=True)[:8]
@@ -122,7 +122,7 @@ def _where_the_time_goes(config: Path) -> list[Row]:
                 + ", ".join(f"{m} {t / 1000:.1f} ms" for t, m in top[:5]),
                 extra={"modules": sorted(added), "slowest_us": top})
         )
-        ttfb = [run_child([CERTMAN, "--config", str(config), "run"], env=env, first_byte=True)
+        ttfb = [run_child([certman, "--config", str(config), "run"], env=env, first_byte=True)
                 for _ in range(7)]
         rows.append(
             Row("where the time goes", f"time to first byte, {path} path",

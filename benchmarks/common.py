@@ -16,9 +16,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python")
 CERTMAN = str(VENV_BIN / "certman")
+# The cron no-op runs from a venv laid out like a wheel install (a plain .pth line, no pip): the
+# dev venv's editable install adds an import finder that costs ~15 ms at every start-up.
+DEPLOYED = ROOT / "benchmarks" / ".venv-deployed"
+
+
+def deployed_venv() -> tuple[str, str]:
+    """(python, certman) of a venv that finds certman and its dependencies through a .pth
+    file, as a regular (non-editable) installation does; made in a second, reused after."""
+    python, script = DEPLOYED / "bin" / "python", DEPLOYED / "bin" / "certman"
+    if not script.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(DEPLOYED)], check=True)
+        probe = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        dev_site = subprocess.run(
+            [PYTHON, "-c", probe], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        site = subprocess.run(
+            [str(python), "-c", probe], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        Path(site, "certman-bench.pth").write_text(f"{ROOT}\n{dev_site}\n")
+        script.write_text(
+            f"#!{python}\nimport sys\nfrom certman.cli import main\nsys.exit(main())\n"
+        )
+        script.chmod(0o755)
+    return str(python), str(script)
 
 
 @dataclass(frozen=True)
@@ -141,3 +166,44 @@ def environment(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("CERTMAN_NO_FASTPATH", None)
     return {**env, **extra}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A child's stdout lines, each with the seconds since the start at which it arrived."""
+
+    seconds: float
+    returncode: int
+    lines: list[tuple[float, str]]
+    stderr: str
+
+    def at(self, fragment: str) -> float | None:
+        """When the first line containing ``fragment`` arrived."""
+        return next((t for t, line in self.lines if fragment in line), None)
+
+
+def run_stream(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600.0
+) -> Stream:
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=None if env is None else dict(env),
+            text=True,
+            bufsize=1,
+        )
+        assert proc.stdout is not None
+        lines = [(time.perf_counter() - start, line.rstrip("\n")) for line in proc.stdout]
+        proc.wait(timeout)
+        seconds = time.perf_counter() - start
+        err.seek(0)
+        return Stream(seconds, proc.returncode, lines, err.read().decode(errors="replace"))
+
+
+def check_stream(stream: Stream, what: str) -> None:
+    if stream.returncode != 0:
+        tail = [line for _, line in stream.lines[-2:]] + stream.stderr.strip().splitlines()[-2:]
+        raise RuntimeError(f"{what}: exit {stream.returncode}: {' | '.join(tail)}")

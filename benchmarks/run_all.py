@@ -47,6 +47,10 @@ def main() -> int:
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="certman-bench-") as tmp:
         work = Path(tmp)
+        if {"issue", "noop"} & set(wanted):
+            import certbot_env
+
+            certbot_env.ensure_venv()  # pip needs the network: before entering the namespace
         bed = _testbed(work) if TESTBED_SECTIONS & set(wanted) else None
         try:
             ctx = Context(work, bed, rounds, args.quick)
@@ -83,7 +87,6 @@ class Context:
         if self._certbot is None:
             import certbot_env
 
-            certbot_env.ensure_venv()
             self.versions["certbot"] = certbot_env.version()
             bot = certbot_env.Certbot.for_testbed(self.bed, self.work / "certbot")
             sample = run_child(bot.certonly("lineage", "cb0.dane.test"), env=bot.env)
