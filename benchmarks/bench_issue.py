@@ -23,8 +23,7 @@ STEPS = (
 
 def run(ctx: Any) -> list[Row]:
     bed, bot = ctx.bed, ctx.certbot()
-    config = write_host(bed, ctx.work / "issue-mx1", "mx1")
-    bootstrap(config)
+    config = ctx.host("mx1")
     rounds = 2 if ctx.quick else min(ctx.rounds, 6)
     certman_argv = [CERTMAN, "--config", str(config), "issue", "mx1"]
     certbot_argv = bot.certonly("bench", "cb1.dane.test")

@@ -81,6 +81,17 @@ class Context:
         self.work, self.bed, self.rounds, self.quick = work, bed, rounds, quick
         self.versions: dict[str, str] = {}
         self._certbot: object = None
+        self._hosts: dict[str, Path] = {}
+
+    def host(self, instance: str) -> Path:
+        """A bootstrapped certman config for this Postfix instance (shared by the sections)."""
+        if instance not in self._hosts:
+            from hosts import bootstrap, write_host
+
+            config = write_host(self.bed, self.work / f"host-{instance}", instance)
+            bootstrap(config)
+            self._hosts[instance] = config
+        return self._hosts[instance]
 
     def certbot(self) -> object:
         """certbot in its own venv, pointed at the testbed, with one lineage issued."""
