@@ -49,12 +49,12 @@ def bootstrap(config: Path) -> None:
         check_ok(run_child(argv, env=environment()), f"certman run ({config})")
 
 
-def nsupdate(bed: object, *commands: str) -> None:
-    """One RFC 2136 update of dane.test on the primary, signed with the testbed's TSIG key."""
+def nsupdate(bed: object, *commands: str, zone: str = "dane.test") -> None:
+    """One RFC 2136 update of ``zone`` on the primary, signed with the testbed's TSIG key."""
     from testbed import Testbed
 
     assert isinstance(bed, Testbed)
-    script = f"server {bed.bind.primary}\nzone dane.test\n" + "\n".join(commands) + "\nsend\n"
+    script = f"server {bed.bind.primary}\nzone {zone}\n" + "\n".join(commands) + "\nsend\n"
     subprocess.run(
         ["nsupdate", "-k", str(bed.bind.tsig.file)],
         input=script,
