@@ -19,6 +19,7 @@ from common import (
     median,
     ms,
     p90,
+    peak_rss_kib,
     run_child,
 )
 from startup import idle_host
@@ -36,23 +37,25 @@ def run(certbot_renew: list[str] | None, certbot_python: str | None, rounds: int
             (Path(tmp) / str(size)).mkdir()
             configs[size] = idle_host(Path(tmp) / str(size), size)
         fast_env, full_env = environment(), environment(CERTMAN_NO_FASTPATH="1")
-        cases: dict[str, Callable[[], Sample]] = {
-            "python -c pass": lambda: run_child([python, "-c", "pass"]),
+        commands: dict[str, tuple[list[str], dict[str, str] | None]] = {
+            "python -c pass": ([python, "-c", "pass"], None),
         }
         for size, config in configs.items():
             argv = [certman, "--config", str(config), "run", "--quiet"]
             check_ok(run_child(argv, env=fast_env), f"certman run ({size})")  # writes the record
-            cases[f"certman run, {size} cert(s), fast path"] = _bind(argv, fast_env)
-            cases[f"certman run, {size} cert(s), full path"] = _bind(argv, full_env)
+            commands[f"certman run, {size} cert(s), fast path"] = (argv, fast_env)
+            commands[f"certman run, {size} cert(s), full path"] = (argv, full_env)
         if certbot_renew is not None and certbot_python is not None:
             check_ok(run_child(certbot_renew), "certbot renew")
-            cases["certbot renew, 1 lineage not due"] = _bind(certbot_renew, None)
-            cases["certbot's python -c pass"] = lambda: run_child([certbot_python, "-c", "pass"])
+            commands["certbot renew, 1 lineage not due"] = (certbot_renew, None)
+            commands["certbot's python -c pass"] = ([certbot_python, "-c", "pass"], None)
+        cases = {name: _bind(*command) for name, command in commands.items()}
         samples = alternate(cases, rounds)
         for name, runs in samples.items():
             for sample in runs:
                 check_ok(sample, name)
-        rows = _rows(samples)
+        memory = {name: _peak(*command) for name, command in commands.items()}
+        rows = _rows(samples, memory)
         rows += _where_the_time_goes(python, certman, configs[1])
     return rows
 
@@ -61,15 +64,23 @@ def _bind(argv: list[str], env: dict[str, str] | None) -> Callable[[], Sample]:
     return lambda: run_child(argv, env=env)
 
 
-def _rows(samples: dict[str, list[Sample]]) -> list[Row]:
+def _peak(argv: list[str], env: dict[str, str] | None) -> float | None:
+    """Median peak RSS of three runs, in MiB (None without GNU time)."""
+    found = [peak_rss_kib(argv, env) for _ in range(3)]
+    values = [k for k in found if k is not None]
+    return median(values) / 1024 if values else None
+
+
+def _rows(samples: dict[str, list[Sample]], memory: dict[str, float | None]) -> list[Row]:
     med = {name: median([s.seconds for s in runs]) for name, runs in samples.items()}
-    rss = {name: median([s.max_rss_kib for s in runs]) / 1024 for name, runs in samples.items()}
     bare = med["python -c pass"]
     rows = []
     for name, runs in samples.items():
         times = [s.seconds for s in runs]
-        detail = f"p90 {ms(p90(times))}, peak {rss[name]:.1f} MiB, +{ms(med[name] - bare)} over python"
-        rows.append(Row(SECTION, name, med[name], detail=detail, extra={"max_rss_mib": rss[name]}))
+        rss = memory[name]
+        peak = "-" if rss is None else f"{rss:.1f} MiB"
+        detail = f"p90 {ms(p90(times))}, peak {peak}, +{ms(med[name] - bare)} over python"
+        rows.append(Row(SECTION, name, med[name], detail=detail, extra={"max_rss_mib": rss}))
     by_name = {r.case: r for r in rows}
     one = by_name["certman run, 1 cert(s), fast path"]
     one.goal, one.met = "<= python + 15 ms", med[one.case] - bare <= 0.015

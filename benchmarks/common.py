@@ -49,7 +49,7 @@ def deployed_venv() -> tuple[str, str]:
 @dataclass(frozen=True)
 class Sample:
     seconds: float
-    max_rss_kib: int
+    max_rss_kib: int  # wait4's figure: never below this process's own size (see peak_rss_kib)
     returncode: int
     stdout: str
     stderr: str
@@ -107,6 +107,23 @@ def run_child(
             err.read().decode(errors="replace"),
             first,
         )
+
+
+GNU_TIME = Path("/usr/bin/time")
+
+
+def peak_rss_kib(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int | None:
+    """The peak RSS of ``argv`` alone, measured by GNU time (installed by ``make deps``).
+
+    Not wait4's rusage of our own child: Linux carries the parent's high-water mark into a
+    vfork()ed child across exec, so every child of a big benchmark process looks as big as it."""
+    if not GNU_TIME.exists():
+        return None
+    with tempfile.NamedTemporaryFile("r") as out:
+        command = [str(GNU_TIME), "-f", "%M", "-o", out.name, *argv]
+        subprocess.run(command, env=None if env is None else dict(env), capture_output=True)
+        text = out.read().strip().splitlines()
+    return int(text[-1]) if text and text[-1].isdigit() else None
 
 
 def _wait4(pid: int, timeout: float) -> tuple[int, int, resource.struct_rusage]:
