@@ -13,11 +13,16 @@ from common import CERTMAN, Row, Stream, check_stream, environment, median, run_
 from hosts import bootstrap, nsupdate, write_host
 
 SECTION = "issuance"
-STEPS = (
-    ("start-up, lock, begin", None, "obtain certificate"),
-    ("ACME order (DNS-01)", "obtain certificate", "install certificate"),
-    ("install + reload", "install certificate", "verify the live server"),
-    ("live DANE verification", "verify the live server", None),
+MARKS = (  # (label of the span starting at the line, a fragment of that line), in order
+    ("start-up, lock, begin", None),
+    ("ACME: account, new order", "obtain certificate"),
+    ("ACME: authorization, TXT written", "acme: order "),
+    ("ACME: zone and nameservers looked up", "TXT written"),
+    ("ACME: until every nameserver serves the TXT", "dns-01: waiting until"),
+    ("ACME: CA validation, finalize, download", "acme: waiting for the CA"),
+    ("ACME: TXT removed", "TXT removed"),
+    ("install + reload", "install certificate"),
+    ("live DANE verification", "verify the live server"),
 )
 
 
@@ -54,15 +59,16 @@ def _rows(certman_runs: list[Stream], certbot_runs: list[Stream]) -> list[Row]:
         Row(SECTION, "ratio certman issue (all) / certbot certonly", total / certbot, unit="x",
             goal="< 0.15", met=total / certbot < 0.15),
     ]
-    for label, begin, end in STEPS:
-        spans = []
-        for stream in certman_runs:
-            t0 = 0.0 if begin is None else stream.at(begin)
-            t1 = stream.seconds if end is None else stream.at(end)
-            if t0 is not None and t1 is not None:
-                spans.append(t1 - t0)
-        if spans:
-            rows.append(Row(SECTION, f"certman issue step: {label}", median(spans)))
+    spans: dict[str, list[float]] = {}
+    for stream in certman_runs:
+        marks = [(0.0, MARKS[0][0])]
+        marks += [(t, label) for label, frag in MARKS[1:] if frag and (t := stream.at(frag))]
+        marks.sort()
+        for (t, label), (t_next, _) in zip(marks, [*marks[1:], (stream.seconds, "")], strict=True):
+            spans.setdefault(label, []).append(t_next - t)
+    for label, _ in MARKS:
+        if label in spans:
+            rows.append(Row(SECTION, f"certman issue step: {label}", median(spans[label])))
     return rows
 
 
