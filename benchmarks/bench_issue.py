@@ -15,12 +15,12 @@ from hosts import bootstrap, nsupdate, write_host
 SECTION = "issuance"
 MARKS = (  # (label of the span starting at the line, a fragment of that line), in order
     ("start-up, lock, begin", None),
-    ("ACME: account, new order", "obtain certificate"),
+    ("ACME: imports, directory, account, new order", "obtain certificate"),
     ("ACME: authorization, TXT written", "acme: order "),
     ("ACME: zone and nameservers looked up", "TXT written"),
     ("ACME: until every nameserver serves the TXT", "dns-01: waiting until"),
-    ("ACME: CA validation, finalize, download", "acme: waiting for the CA"),
-    ("ACME: TXT removed", "TXT removed"),
+    ("ACME: challenge answered, CA validates", "acme: waiting for the CA"),
+    ("ACME: TXT removed, finalize, download, save", "TXT removed"),
     ("install + reload", "install certificate"),
     ("live DANE verification", "verify the live server"),
 )
