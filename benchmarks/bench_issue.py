@@ -27,7 +27,7 @@ MARKS = (  # (label of the span starting at the line, a fragment of that line), 
 
 
 def run(ctx: Any) -> list[Row]:
-    bed, bot = ctx.bed, ctx.certbot()
+    bot = ctx.certbot()
     config = ctx.host("mx1")
     rounds = 2 if ctx.quick else min(ctx.rounds, 6)
     certman_argv = [CERTMAN, "--config", str(config), "issue", "mx1"]
@@ -50,14 +50,31 @@ def _rows(certman_runs: list[Stream], certbot_runs: list[Stream]) -> list[Row]:
     issuance = median([s.at("install certificate") or s.seconds for s in certman_runs])
     certbot = median([s.seconds for s in certbot_runs])
     rows = [
-        Row(SECTION, "certbot certonly (issuance only)", certbot, detail=f"{len(certbot_runs)} runs"),
-        Row(SECTION, "certman issue: issuance only (start to install)", issuance,
-            detail=f"{issuance / certbot:.2f}x certbot"),
-        Row(SECTION, "certman issue: issuance + install + reload + verify", total,
-            detail=f"{len(certman_runs)} runs", goal="< 0.15x certbot",
-            met=total / certbot < 0.15),
-        Row(SECTION, "ratio certman issue (all) / certbot certonly", total / certbot, unit="x",
-            goal="< 0.15", met=total / certbot < 0.15),
+        Row(
+            SECTION, "certbot certonly (issuance only)", certbot, detail=f"{len(certbot_runs)} runs"
+        ),
+        Row(
+            SECTION,
+            "certman issue: issuance only (start to install)",
+            issuance,
+            detail=f"{issuance / certbot:.2f}x certbot",
+        ),
+        Row(
+            SECTION,
+            "certman issue: issuance + install + reload + verify",
+            total,
+            detail=f"{len(certman_runs)} runs",
+            goal="< 0.15x certbot",
+            met=total / certbot < 0.15,
+        ),
+        Row(
+            SECTION,
+            "ratio certman issue (all) / certbot certonly",
+            total / certbot,
+            unit="x",
+            goal="< 0.15",
+            met=total / certbot < 0.15,
+        ),
     ]
     spans: dict[str, list[float]] = {}
     for stream in certman_runs:
@@ -93,8 +110,17 @@ def _after_zone_change(ctx: Any, count: int) -> list[Row]:
             ok += 1
         else:
             failures.append((stream.stderr.strip().splitlines() or ["?"])[-1])
-    detail = f"median {median(times):.2f} s each" + (f"; first failure: {failures[0]}" if failures else "")
+    detail = f"median {median(times):.2f} s each" + (
+        f"; first failure: {failures[0]}" if failures else ""
+    )
     return [
-        Row(SECTION, "two-name certificates right after a zone change", ok, unit=f"of {count}",
-            detail=detail, goal=f"{count} of {count}", met=ok == count)
+        Row(
+            SECTION,
+            "two-name certificates right after a zone change",
+            ok,
+            unit=f"of {count}",
+            detail=detail,
+            goal=f"{count} of {count}",
+            met=ok == count,
+        )
     ]

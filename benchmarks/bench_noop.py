@@ -92,8 +92,14 @@ def _rows(samples: dict[str, list[Sample]], memory: dict[str, float | None]) -> 
     if certbot:
         ratio = med[one.case] / certbot
         rows.append(
-            Row(SECTION, "ratio certman (1 cert, fast) / certbot renew", ratio, unit="x",
-                goal="< 0.10", met=ratio < 0.10)
+            Row(
+                SECTION,
+                "ratio certman (1 cert, fast) / certbot renew",
+                ratio,
+                unit="x",
+                goal="< 0.10",
+                met=ratio < 0.10,
+            )
         )
     for path in ("fast", "full"):
         cost = [med[f"certman run, {n} cert(s), {path} path"] - bare for n in SIZES]
@@ -127,18 +133,27 @@ def _where_the_time_goes(python: str, certman: str, config: Path) -> list[Row]:
         top = sorted(((mods[m], m) for m in added), reverse=True)[:8]
         cert_total = sum(mods[m] for m in added) / 1e6
         rows.append(
-            Row("where the time goes", f"imports beyond python's own, {path} path", len(added),
+            Row(
+                "where the time goes",
+                f"imports beyond python's own, {path} path",
+                len(added),
                 unit="modules",
                 detail=f"self time {cert_total * 1000:.1f} ms; slowest: "
                 + ", ".join(f"{m} {t / 1000:.1f} ms" for t, m in top[:5]),
-                extra={"modules": sorted(added), "slowest_us": top})
+                extra={"modules": sorted(added), "slowest_us": top},
+            )
         )
-        ttfb = [run_child([certman, "--config", str(config), "run"], env=env, first_byte=True)
-                for _ in range(7)]
+        ttfb = [
+            run_child([certman, "--config", str(config), "run"], env=env, first_byte=True)
+            for _ in range(7)
+        ]
         rows.append(
-            Row("where the time goes", f"time to first byte, {path} path",
+            Row(
+                "where the time goes",
+                f"time to first byte, {path} path",
                 median([s.first_byte or s.seconds for s in ttfb]),
-                detail=f"whole run {ms(median([s.seconds for s in ttfb]))}")
+                detail=f"whole run {ms(median([s.seconds for s in ttfb]))}",
+            )
         )
     return rows
 

@@ -29,12 +29,21 @@ def run(ctx: Any) -> list[Row]:
     per_cert = _per_certificate(renewal)
     slowest = max(per_cert.values()) if per_cert else None
     return [
-        Row(SECTION, f"{count} certificates issued by one certman run", first.seconds,
-            detail=f"{first.seconds / count:.2f} s each (adopt + order + install)"),
-        Row(SECTION, f"{count} certificates renewed by one certman run", renewal.seconds,
-            detail=f"{renewal.seconds / count:.2f} s each, median {median(list(per_cert.values())):.2f} s, "
+        Row(
+            SECTION,
+            f"{count} certificates issued by one certman run",
+            first.seconds,
+            detail=f"{first.seconds / count:.2f} s each (adopt + order + install)",
+        ),
+        Row(
+            SECTION,
+            f"{count} certificates renewed by one certman run",
+            renewal.seconds,
+            detail=f"{renewal.seconds / count:.2f} s each, "
+            f"median {median(list(per_cert.values())):.2f} s, "
             f"slowest {slowest:.2f} s; sequential (no concurrency setting yet)",
-            extra={"per_certificate": per_cert}),
+            extra={"per_certificate": per_cert},
+        ),
     ]
 
 

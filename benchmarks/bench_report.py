@@ -1,9 +1,11 @@
 """``certman status`` and ``certman check`` with 10, 100 and 1,000 certificates on the testbed.
 
-Each certificate gets its own TLSA name (``_25._tcp.bNNNN.dane.test``, published in BIND and
-DNSSEC-signed) holding the key mx1 serves, and a steady state naming that key as current, so
-``check`` does the full work per certificate (Postfix's served keys, one validated TLSA lookup)
-and finds nothing wrong. ``check`` runs cold (the resolver has not seen the names) then warm."""
+Each certificate gets its own TLSA name (``_25._tcp.sSIZEnNNNN.dane.test``, published in BIND
+and DNSSEC-signed) holding the records of mx1's current and next keys, mx1's steady state, and
+mx1's address as its probe address, so ``check`` does the full work per certificate (state,
+Postfix's served keys, one validated TLSA lookup, one STARTTLS probe). ``check`` runs cold
+(the resolver has not seen the names) then warm. The testbed's Postfix still allows TLS 1.0,
+which the audit reports: the check says WARNING."""
 
 from __future__ import annotations
 
@@ -38,13 +40,15 @@ def _host(ctx: Any, base: Path, size: int) -> Path:
     head = text[: text.index("[certificates.")]
     head = head.replace(str(base.parent / "state"), str(state_dir))
     mx1_state = json.loads((base.parent / "state" / "certs" / "mx1" / "state.json").read_text())
-    spki = next(iter(mx1_state["current"].values()))["spki_sha256"]
+    spkis = [k["spki_sha256"] for part in ("current", "next") for k in mx1_state[part].values()]
     names = [f"s{size}n{i:04d}" for i in range(size)]
+    probe = ctx.bed.postfix["mx1"].address  # every endpoint is mx1, which serves that key
     sections = []
     for name in names:
         sections.append(
             f'[certificates.{name}]\ndomains = ["{name}.dane.test"]\nkey_type = "ecdsa-p256"\n\n'
-            f"[certificates.{name}.dane]\nports = [25]\nttl = {TTL}\n\n"
+            f"[certificates.{name}.dane]\nports = [25]\nttl = {TTL}\n"
+            f'probe_address = "{probe}"\n\n'
             f'[certificates.{name}.postfix]\nlayout = "chain-files"\n'
             f'directory = "{directory / "postfix-files"}"\n\n'
         )
@@ -54,12 +58,13 @@ def _host(ctx: Any, base: Path, size: int) -> Path:
         (cert_dir / "state.json").write_text(json.dumps({**mx1_state, "name": name}))
     config = directory / "certman.toml"
     config.write_text(head + "".join(sections))
-    for start in range(0, size, 200):  # one DNS message stays well under 64 KiB
+    for start in range(0, size, 100):  # one DNS message stays well under 64 KiB
         nsupdate(
             ctx.bed,
             *(
                 f"update add _25._tcp.{name}.dane.test {TTL} TLSA 3 1 1 {spki}"
-                for name in names[start : start + 200]
+                for name in names[start : start + 100]
+                for spki in spkis
             ),
         )
     _wait_signed_everywhere(ctx.bed, names[-1])
@@ -88,21 +93,37 @@ def _wait_signed_everywhere(bed: Any, last: str) -> None:
 def _measure(config: Path, size: int, rounds: int) -> list[Row]:
     env = environment()
     status = [_run(config, "status", env) for _ in range(rounds)]
+    for stream in status:
+        check_stream(stream, f"certman status ({size} certificates)")
     cold = _run(config, "check", env)
     warm = [_run(config, "check", env) for _ in range(rounds)]
-    for stream in [*status, cold, *warm]:
-        check_stream(stream, f"certman ({size} certificates)")
-    verdict = cold.lines[0][1] if cold.lines else "?"
     rows = [
         Row(SECTION, f"status, {size} certificates", median([s.seconds for s in status])),
-        Row(SECTION, f"check, {size} certificates, cold resolver cache", cold.seconds,
-            detail=f"says: {verdict}"),
-        Row(SECTION, f"check, {size} certificates, warm", median([s.seconds for s in warm])),
+        Row(
+            SECTION,
+            f"check, {size} certificates, cold resolver cache",
+            cold.seconds,
+            detail=f"exit {cold.returncode}: {_verdict(cold)}",
+        ),
+        Row(
+            SECTION,
+            f"check, {size} certificates, warm",
+            median([s.seconds for s in warm]),
+            detail=f"exit {warm[-1].returncode}: {_verdict(warm[-1])}",
+        ),
     ]
     if size == 1000:
-        rows[1].goal, rows[1].met = "< 2 s", cold.seconds < 2
-        rows[2].goal, rows[2].met = "< 2 s", rows[2].value is not None and rows[2].value < 2
+        for row, runs in ((rows[1], [cold]), (rows[2], warm)):
+            answered = all(s.returncode in (0, 1, 2) for s in runs)  # 3: UNKNOWN, ran out of time
+            row.goal = "< 2 s, every check answered"
+            row.met = row.value is not None and row.value < 2 and answered
     return rows
+
+
+def _verdict(stream: Stream) -> str:
+    """The plugin's status line, without its perfdata."""
+    first = stream.lines[0][1] if stream.lines else stream.stderr.strip()[:120]
+    return first.split("|", 1)[0].strip()[:160]
 
 
 def _run(config: Path, command: str, env: dict[str, str]) -> Stream:

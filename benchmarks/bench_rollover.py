@@ -8,6 +8,7 @@ publish, confirm, age, swap path); the progress lines give the steps."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -54,11 +55,16 @@ def run(ctx: Any) -> list[Row]:
         overhead = median(overheads)
         breakdown = _median_steps(steps)
         rows.append(
-            Row(SECTION, f"rollover, {label}: overhead above the floor", overhead,
+            Row(
+                SECTION,
+                f"rollover, {label}: overhead above the floor",
+                overhead,
                 detail=f"wall {median(totals):.2f} s, floor {median(floors):.2f} s "
                 f"(waits + nameserver lag); steps: {breakdown}",
-                goal=f"< {goal:g} s", met=overhead < goal,
-                extra={"totals": totals, "floors": floors, "steps": steps})
+                goal=f"< {goal:g} s",
+                met=overhead < goal,
+                extra={"totals": totals, "floors": floors, "steps": steps},
+            )
         )
     return rows
 
@@ -74,7 +80,7 @@ def _steps(stream: Stream) -> dict[str, float]:
     marks.sort()
     bounds = [*marks, (stream.seconds, "end")]
     result = {"start-up to first step": marks[0][0] if marks else stream.seconds}
-    for (t, label), (t_next, _) in zip(bounds, bounds[1:], strict=False):
+    for (t, label), (t_next, _) in itertools.pairwise(bounds):
         result[label] = t_next - t
     return result
 

@@ -121,7 +121,8 @@ def peak_rss_kib(argv: Sequence[str], env: Mapping[str, str] | None = None) -> i
         return None
     with tempfile.NamedTemporaryFile("r") as out:
         command = [str(GNU_TIME), "-f", "%M", "-o", out.name, *argv]
-        subprocess.run(command, env=None if env is None else dict(env), capture_output=True)
+        env = None if env is None else dict(env)
+        subprocess.run(command, env=env, capture_output=True, check=False)
         text = out.read().strip().splitlines()
     return int(text[-1]) if text and text[-1].isdigit() else None
 

@@ -12,7 +12,9 @@ TTL = 2
 MARGIN = 0.5
 
 
-def write_host(bed: object, directory: Path, instance: str, domains: list[str] | None = None) -> Path:
+def write_host(
+    bed: object, directory: Path, instance: str, domains: list[str] | None = None
+) -> Path:
     """A config like the integration tests' (tests/integration/helpers.py) but with certman's
     default propagation poll, so the figures are what an operator gets."""
     from helpers import write_config

@@ -37,7 +37,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--rounds", type=int, default=15, help="rounds of each timed pair")
-    parser.add_argument("--quick", action="store_true", help="few rounds, small sizes (a smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="few rounds, small sizes (a smoke run)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON")
     args = parser.parse_args()
     wanted = [s for s in SECTIONS if not args.only or s in args.only]
@@ -171,7 +173,9 @@ def _result(
     rows: list[Row], errors: dict[str, str], started: float, versions: dict[str, str]
 ) -> dict[str, object]:
     return {
-        "date": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
+        "date": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
         "duration_s": round(time.time() - started, 1),
         "command": "make bench",
         "machine": _machine(),
