@@ -8,6 +8,7 @@ no concurrency across certificates today: ``run`` renews them one after another.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ def run(ctx: Any) -> list[Row]:
     renewal = run_stream(argv, env=environment(), timeout=900)
     check_stream(renewal, f"certman run (renew {count})")
     per_cert = _per_certificate(renewal)
-    slowest = max(per_cert.values()) if per_cert else None
+    if not per_cert:
+        raise RuntimeError("no certificate's progress lines in the renewal run's output")
+    slowest = max(per_cert.values())
     return [
         Row(
             SECTION,
@@ -76,7 +79,8 @@ def _make_due(state_dir: Path) -> None:
 def _per_certificate(stream: Any) -> dict[str, float]:
     """From each certificate's first progress line to the next certificate's."""
     starts: dict[str, float] = {}
-    for t, line in stream.lines:
+    for t, raw in stream.lines:
+        line = re.sub(r"^\d{4}-\d\d-\d\dT[\d:]+Z ", "", raw)  # the log's timestamp, off a tty
         name = line.split(":", 1)[0]
         if name.startswith("r") and name not in starts:
             starts[name] = t
