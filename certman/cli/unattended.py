@@ -99,7 +99,8 @@ def _remember_idle_run(
     for the fast path (``certman/cli/fastpath.py``).
 
     Only for what the record describes fully: no DH files, metrics file or notifications of
-    certman's own (each run would have work there), the same config file from start to end,
+    certman's own (each run would have work there), no fleet (another host may change the
+    shared lineage), the same config file from start to end,
     state files untouched by this run or another (identities before == after).
     """
     from certman.cli import fastpath
@@ -111,6 +112,8 @@ def _remember_idle_run(
     if any(ident == "-" for path, ident in files if path.endswith("/state.json")):
         return  # a certificate without state is adopted by the next run
     if cfg.metrics.textfile is not None or cfg.notify.email or cfg.notify.command:
+        return
+    if cfg.fleet is not None:  # the shared lineage can change in S3, behind every local file
         return
     if config_identity != fastpath.identity(cfg.path):
         return

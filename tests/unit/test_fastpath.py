@@ -303,3 +303,22 @@ def test_decide_does_not_change_before_next_change(
     t = now + later * (min(until, now + 1e7) - now)
     if t < until:
         assert rollover.decide(state, t, policy) == rollover.decide(state, now, policy)
+
+
+def test_fleet_mode_is_never_recorded(tmp_path: Path) -> None:
+    """In fleet mode another host can change the shared lineage in S3, which no local file's
+    identity would show: such a run never leaves a record, even when it changed nothing."""
+    from certman.cli import unattended
+    from certman.config.load import load_config
+
+    config, state_dir = _host(tmp_path)
+    key = tmp_path / "fleet.key"
+    key.write_text("00" * 32)
+    key.chmod(0o600)
+    with config.open("a") as handle:
+        handle.write(f'\n[fleet]\nbucket = "certs"\nkey_file = "{key}"\n')
+    cfg = load_config(config)
+    assert cfg.fleet is not None
+    files = unattended._state_identities(cfg)
+    unattended._remember_idle_run(cfg, fastpath.identity(config), files, [], time.time())
+    assert not (state_dir / fastpath.RECORD).exists()
