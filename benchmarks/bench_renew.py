@@ -61,7 +61,8 @@ def _host(ctx: Any, count: int) -> Path:
     files = directory / "files"
     sections = "".join(
         f'[certificates.r{i:03d}]\ndomains = ["r{i:03d}.dane.test"]\n\n'
-        f'[certificates.r{i:03d}.postfix]\ndirectory = "{files}"\nset_parameters = false\n\n'
+        f'[certificates.r{i:03d}.postfix]\ndirectory = "{files}"\nset_parameters = false\n'
+        f'targets = ["sni:r{i:03d}.dane.test"]\n\n'
         for i in range(count)
     )
     config = directory / "certman.toml"

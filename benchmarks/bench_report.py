@@ -50,6 +50,7 @@ def _host(ctx: Any, base: Path, size: int) -> Path:
             f"[certificates.{name}.dane]\nports = [25]\nttl = {TTL}\n"
             f'probe_address = "{probe}"\n\n'
             f'[certificates.{name}.postfix]\nlayout = "chain-files"\n'
+            f'targets = ["sni:{name}.dane.test"]\n'
             f'directory = "{directory / "postfix-files"}"\n\n'
         )
         cert_dir = state_dir / "certs" / name

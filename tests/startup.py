@@ -34,6 +34,7 @@ ttl = 300
 
 [certificates.mx1.postfix]
 directory = "{files}"
+targets = ["sni:mx1.example.org"]
 """
 
 TSIG = 'key "certman" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0c2VjcmV0c2VjcmV0";\n};\n'

@@ -322,3 +322,21 @@ def test_fleet_mode_is_never_recorded(tmp_path: Path) -> None:
     files = unattended._state_identities(cfg)
     unattended._remember_idle_run(cfg, fastpath.identity(config), files, [], time.time())
     assert not (state_dir / fastpath.RECORD).exists()
+
+
+def test_an_edited_main_cf_invalidates_the_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run warns when a target reads a certbot lineage (from main.cf, master.cf): an edit
+    there must reach the full path, which reads them again."""
+    config, _ = _host(tmp_path)
+    postfix = tmp_path / "postfix"
+    postfix.mkdir()
+    (postfix / "main.cf").write_text("compatibility_level = 3.6\n")
+    with config.open("a") as handle:
+        handle.write(f'\n[postfix]\nconfig_dir = "{postfix}"\n')
+    assert _full(config, capsys) == (0, "")
+    assert _fast(config, capsys) == (0, "")
+    with (postfix / "main.cf").open("a") as handle:
+        handle.write("smtpd_tls_chain_files = /etc/letsencrypt/live/mx/privkey.pem\n")
+    assert _fast(config, capsys) == (None, "")
