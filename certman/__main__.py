@@ -2,6 +2,6 @@
 
 import sys
 
-from certman.cli.main import main
+from certman.cli import main
 
 sys.exit(main())

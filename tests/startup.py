@@ -34,25 +34,36 @@ ttl = 300
 
 [certificates.mx1.postfix]
 directory = "{files}"
+targets = ["sni:mx1.example.org"]
 """
 
 TSIG = 'key "certman" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0c2VjcmV0c2VjcmV0";\n};\n'
 
 
-def idle_host(directory: Path) -> Path:
-    """Write config, TSIG key file and a steady state with nothing due; return the config."""
+def idle_host(directory: Path, count: int = 1) -> Path:
+    """Write config, TSIG key file and a steady state with nothing due for ``count``
+    certificates (mx1, mx2, ...); return the config."""
     tsig = directory / "tsig.key"
     tsig.write_text(TSIG)
     tsig.chmod(0o600)
     config = directory / "certman.toml"
     state_dir = directory / "state"
-    config.write_text(CONFIG.format(state=state_dir, tsig=tsig, files=directory / "files"))
+    text = CONFIG.format(state=state_dir, tsig=tsig, files=directory / "files")
+    head, cert = text.split("[certificates.mx1]")
+    cert = "[certificates.mx1]" + cert
+    config.write_text(head + "".join(cert.replace("mx1", f"mx{i}") for i in range(1, count + 1)))
+    for i in range(1, count + 1):
+        _idle_state(state_dir, f"mx{i}")
+    return config
+
+
+def _idle_state(state_dir: Path, name: str) -> None:
     now = time.time()
     key = KeyInfo("ecdsa-p256-00", KeyType.ECDSA_P256, "00" * 32, now)
     nxt = KeyInfo("ecdsa-p256-11", KeyType.ECDSA_P256, "11" * 32, now)
     year = 365 * 86400.0
     state = State(
-        name="mx1",
+        name=name,
         phase=Phase.STEADY,
         current={"ecdsa-p256": key},
         next={"ecdsa-p256": nxt},
@@ -61,5 +72,4 @@ def idle_host(directory: Path) -> Path:
         renew_after=now + year / 2,
         ari_recheck_at=now + year,
     )
-    CertDir.of(state_dir, "mx1").save(state)
-    return config
+    CertDir.of(state_dir, name).save(state)

@@ -172,6 +172,7 @@ def _wait_published(
         superset=True,
         timeout=propagation.timeout,
         interval=propagation.interval,
+        first_interval=propagation.first_interval,
         min_wait=propagation.min_wait,
         sleep=sleep,
         clock=clock,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from certman.cli.commands import (
     Countdown,
@@ -18,8 +19,12 @@ from certman.cli.commands import (
     _outcome_line,
 )
 from certman.cli.log import Level, Log
+from certman.config.load import config_path
 from certman.config.schema import Config, DhMode
 from certman.errors import CertmanError
+
+if TYPE_CHECKING:
+    from certman.lifecycle.engine import Outcome
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -29,6 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     off after a failure, else 75 when one was locked by another run or the CA asked to retry
     later, else 0. ``--quiet`` prints only what makes the run fail, so cron mails only then.
     """
+    from certman.cli import fastpath
     from certman.cli.setup import foreign_warnings
     from certman.lifecycle.engine import advance, backing_off
 
@@ -36,12 +42,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         from certman.cli.setup import cmd_run_dry
 
         return cmd_run_dry(args)
+    config_identity = fastpath.identity(config_path(args.config))
+    start = time.time()
     cfg = _load(args)
     log = _log(args)
     if args.quiet:
         log.threshold = min(log.threshold, Level.WARNING)
     ctx = _context(cfg, log)
+    before = _state_identities(cfg)
     codes = [0]
+    outcomes: list[Outcome] = []
+    warned = False
     for cert in _certificates(cfg, args.names):
         if cfg.fleet is not None:  # issue 14: through the shared lineage (docs/fleet.md)
             from certman.cli import fleet
@@ -60,15 +71,71 @@ def cmd_run(args: argparse.Namespace) -> int:
             codes.append(1)
             log(Level.ERR, f"certman: {cert.name}: {_one_line(exc)}")
             continue
+        outcomes.append(outcome)
         failing = backing_off(outcome, time.time())
         codes.append(1 if failing else 0)
         log(Level.ERR if failing else Level.INFO, _outcome_line(outcome))
         for line in foreign_warnings(ctx, cert):  # certbot's live/ files: issue 12
+            warned = True
             log(Level.WARNING, f"certman: warning: {line}")
     codes.append(_run_dhparams(cfg, log))
     codes.append(_write_metrics(cfg, log))
     codes.append(_notify(cfg, log))
+    if not any(codes) and not warned and not args.names and before == _state_identities(cfg):
+        _remember_idle_run(cfg, config_identity, before, outcomes, start)
     return worst_exit(codes)
+
+
+FASTPATH_HORIZON = 86400.0  # a record is trusted for a day at most, then a full run renews it
+
+
+def _state_identities(cfg: Config) -> list[tuple[str, str]]:
+    from certman.cli import fastpath
+    from certman.lifecycle.statefile import CertDir
+
+    files = [str(CertDir.of(cfg.state_dir, name).state_file) for name in cfg.certificates]
+    # What the run's certbot-lineage warning reads (issue 12): each instance's main.cf, master.cf.
+    instances = sorted({str(c.install.config_dir) for c in cfg.certificates.values()})
+    files += [f"{d}/{name}" for d in instances for name in ("main.cf", "master.cf")]
+    return [(path, fastpath.identity(path)) for path in files]
+
+
+def _remember_idle_run(
+    cfg: Config,
+    config_identity: str,
+    files: list[tuple[str, str]],
+    outcomes: list[Outcome],
+    start: float,
+) -> None:
+    """A run that changed nothing and printed nothing quiet: record when anything is next due,
+    for the fast path (``certman/cli/fastpath.py``).
+
+    Only for what the record describes fully: no DH files, metrics file or notifications of
+    certman's own (each run would have work there), no fleet (another host may change the
+    shared lineage), the same config file from start to end,
+    state files untouched by this run or another (identities before == after).
+    """
+    from certman.cli import fastpath
+    from certman.lifecycle.engine import policy_for
+    from certman.lifecycle.rollover import next_change
+
+    if cfg.dhparams.mode not in (DhMode.OFF, DhMode.AUTO):
+        return
+    if any(ident == "-" for path, ident in files if path.endswith("/state.json")):
+        return  # a certificate without state is adopted by the next run
+    if cfg.metrics.textfile is not None or cfg.notify.email or cfg.notify.command:
+        return
+    if cfg.fleet is not None:  # the shared lineage can change in S3, behind every local file
+        return
+    if config_identity != fastpath.identity(cfg.path):
+        return
+    due = min(
+        (next_change(o.state, start, policy_for(cfg.certificate(o.name))) for o in outcomes),
+        default=float("inf"),
+    )
+    text = fastpath.render_record(config_identity, files, min(due, start + FASTPATH_HORIZON))
+    if text is not None:
+        fastpath.write_record(cfg.state_dir, text)
 
 
 def _notify(cfg: Config, log: Log) -> int:

@@ -207,6 +207,7 @@ def _propagation(s: Section) -> PropagationConfig:
         query_timeout=s.number("query_timeout", 3.0, low=0.1),
         min_wait=s.number("min_wait", 0.0, low=0),
         validate=s.boolean("validate", True),
+        first_interval=s.number("first_interval", 0.05, low=0.01),
     )
     s.finish()
     return config

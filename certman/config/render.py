@@ -170,6 +170,7 @@ def _propagation(p: PropagationConfig) -> Items:
         ("query_timeout", p.query_timeout),
         ("min_wait", p.min_wait),
         ("validate", p.validate),
+        ("first_interval", p.first_interval),
     ]
 
 

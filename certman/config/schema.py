@@ -101,6 +101,7 @@ class PropagationConfig:
     query_timeout: float = 3.0
     min_wait: float = 0.0
     validate: bool = True
+    first_interval: float = 0.05  # adaptive poll: from this up to ``interval``
 
 
 @dataclass(frozen=True)

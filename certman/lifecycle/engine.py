@@ -253,7 +253,12 @@ def _perform(
         case Action.CONFIRM:
             confirmed = dane_steps.confirm(ctx, cert, state)
             if confirmed is None:
-                return state, now + ctx.config.propagation.interval
+                from certman.dns.propagation import poll_pause
+
+                settings = ctx.config.propagation
+                waited = now - (state.tlsa.written_at or now)
+                pause = poll_pause(waited, settings.first_interval, settings.interval)
+                return state, now + pause
             return rollover.after_confirm(state, confirmed, policy), None
         case Action.CHECK_ARI:
             renew, recheck = renewal.check_ari(ctx, cert, state)

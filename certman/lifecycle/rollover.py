@@ -123,6 +123,18 @@ def _idle(state: State, now: float, policy: Policy, request: Operation | None) -
     return Step(None, "nothing to do")
 
 
+def next_change(state: State, now: float, policy: Policy) -> float:
+    """The earliest time after ``now`` at which ``decide(state, t, policy)`` may differ from
+    ``decide(state, now, policy)`` (``inf`` if never): every clock comparison ``decide`` makes
+    is against one of these instants. The cron fast path trusts this, so a test checks it."""
+    instants = [state.retry_after, state.tlsa.not_before, state.renew_after, state.ari_recheck_at]
+    if policy.rollover_days and state.current:
+        born = min(k.created for k in state.current.values())
+        instants.append(born + policy.rollover_days * DAY)
+    later = [t for t in instants if t is not None and t > now]
+    return min(later, default=float("inf"))
+
+
 # -- which keys, which records --------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from certman.dns.propagation import (
     _settle_skips,
     check_published,
     poll,
+    poll_pause,
     serial_gte,
 )
 from certman.dns.provider import RRset
@@ -168,3 +169,33 @@ def test_poll_never_sleeps_past_the_deadline() -> None:
     with pytest.raises(PropagationTimeout):
         run_poll(reports(*[False] * 20), fake, timeout=2.5, interval=1.0)
     assert fake.sleeps == [1.0, 1.0, 0.5]
+
+
+def test_adaptive_poll_starts_fast_and_backs_off_to_the_interval() -> None:
+    fake = FakeTime()
+    sequence = reports(*[False] * 400, True)
+    poll(
+        lambda: next(sequence),
+        timeout=600.0,
+        interval=1.0,
+        min_wait=0.0,
+        sleep=fake.sleep,
+        clock=fake.clock,
+        on_wait=None,
+        zone="example.com",
+        first_interval=0.05,
+    )
+    assert fake.sleeps[:3] == [0.05, 0.05, 0.05]
+    waited = 0.0
+    for pause in fake.sleeps:
+        assert pause == pytest.approx(min(1.0, max(0.05, waited * 0.05)))
+        waited += pause
+    assert fake.sleeps[-1] == 1.0
+    assert 20 < fake.sleeps.index(1.0) < 120
+
+
+def test_poll_pause_notices_the_last_server_within_5_percent_of_the_wait() -> None:
+    assert poll_pause(0.0, 0.05, 1.0) == 0.05
+    assert poll_pause(3.0, 0.05, 1.0) == pytest.approx(0.15)
+    assert poll_pause(300.0, 0.05, 1.0) == 1.0
+    assert poll_pause(300.0, 0.05, 0.2) == 0.2

@@ -32,3 +32,36 @@ def test_idle_cron_run_imports_no_heavy_library(tmp_path: Path) -> None:
     }
     assert "certman" in imported
     assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_idle_cron_run_after_a_full_one_imports_only_the_fast_path(tmp_path: Path) -> None:
+    """The second idle cron run is answered from the record, before argparse or the config."""
+    config = idle_host(tmp_path)
+    argv = [sys.executable, "-X", "importtime", "-m", "certman", "--config", str(config)]
+    argv += ["run", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CERTMAN_NO_FASTPATH", None)
+    first = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, timeout=60)
+    second = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, timeout=60)
+    assert (first.returncode, second.returncode) == (0, 0), second.stderr
+    assert second.stdout == first.stdout == ""
+    assert "argparse" in first.stderr
+    bare = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=60,
+    )
+    # What the run adds to a bare interpreter (whose site may import pathlib etc. already).
+    added = _modules(second.stderr) - _modules(bare.stderr)
+    assert added - {"runpy"} == {"certman", "certman.cli", "certman.cli.fastpath"}
+
+
+def _modules(importtime: str) -> set[str]:
+    return {
+        line.split("|")[-1].strip()
+        for line in importtime.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
