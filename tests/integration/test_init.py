@@ -8,12 +8,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from test_provider_contract import build
 from testbed import Testbed
 
 from certman.cli.main import main
 from certman.config.load import load_config as load
 from certman.config.schema import PostfixConfig
-from certman.dns.provider import ProviderContext, RRset, create_provider
+from certman.dns.provider import RRset
+from certman.dns.providers.rfc2136 import Rfc2136Provider
 from certman.lifecycle.state import Phase
 from certman.lifecycle.statefile import CertDir
 from certman.postfix.commands import Postfix
@@ -30,13 +32,8 @@ def test_init_writes_a_config_that_matches_the_host_and_runs(
     postfix.set_service("submission/inet", {"smtpd_tls_chain_files": str(pf.initial_chain_file)})
     postfix.reload()
     # The TLSA record the host already publishes, with its TTL (init keeps it: never 300 blindly).
-    helper = tmp_path / "helper.toml"
-    helper.write_text(
-        f'[dns.bind]\ntype = "rfc2136"\nserver = "{testbed.bind.primary}"\n'
-        f'tsig_key_file = "{testbed.bind.tsig.file}"\n'
-    )
-    spec = load(helper).providers["bind"]
-    dns = create_provider(spec.type, "bind", spec.options, ProviderContext((testbed.resolver,)))
+    options = {"server": testbed.bind.primary, "tsig_key_file": str(testbed.bind.tsig.file)}
+    dns = build(Rfc2136Provider, "bind", options)
     dns.replace(RRset.of("_25._tcp.mx1.dane.test", "TLSA", 3, [pf.initial_tlsa]))
     dns.delete("_587._tcp.mx1.dane.test", "TLSA")
     testbed.unbound_control("flush_zone", "dane.test")
