@@ -19,6 +19,32 @@ OFFER_RSA_ONLY = ("-p", "<=TLSv1.2", "-g", "high", "-o", "tls_high_cipherlist=aR
 OFFER_ECDSA_ONLY = ("-p", "<=TLSv1.2", "-g", "high", "-o", "tls_high_cipherlist=aECDSA")
 
 
+def config_header(bed: Testbed, directory: Path, config_dir: Path) -> str:
+    """The global tables of a testbed config: state in ``directory``, Pebble, BIND, one instance."""
+    return f"""
+[certman]
+state_dir = "{directory / "state"}"
+resolvers = ["{bed.resolver}"]
+
+[acme]
+directory = "{bed.pebble.directory}"
+email = "postmaster@dane.test"
+ca_bundle = "{bed.pebble.api_ca}"
+
+[dns.bind]
+type = "rfc2136"
+server = "{bed.bind.primary}"
+tsig_key_file = "{bed.bind.tsig.file}"
+
+[propagation]
+interval = 0.2
+timeout = 60
+
+[postfix]
+config_dir = "{config_dir}"
+"""
+
+
 def write_config(
     bed: Testbed,
     directory: Path,
@@ -43,29 +69,9 @@ def write_config(
     names = json.dumps(list(domains or [host]))
     kinds = json.dumps(key_types[0] if len(key_types) == 1 else list(key_types))
     hosts = f"hosts = {json.dumps(list(dane_hosts))}" if dane_hosts else ""
-    state = directory / "state"
-    text = f"""
-[certman]
-state_dir = "{state}"
-resolvers = ["{bed.resolver}"]
-
-[acme]
-directory = "{bed.pebble.directory}"
-email = "postmaster@dane.test"
-ca_bundle = "{bed.pebble.api_ca}"
-
-[dns.bind]
-type = "rfc2136"
-server = "{bed.bind.primary}"
-tsig_key_file = "{bed.bind.tsig.file}"
-
-[propagation]
-interval = 0.2
-timeout = 60
-
-[postfix]
-config_dir = "{pf.config_dir}"
-
+    text = (
+        config_header(bed, directory, pf.config_dir)
+        + f"""
 [certificates.{instance}]
 domains = {names}
 key_type = {kinds}
@@ -83,6 +89,7 @@ probe_address = "{pf.address}"
 layout = "chain-files"
 directory = "{directory / "postfix-files"}"
 """
+    )
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "certman.toml"
     path.write_text(text)

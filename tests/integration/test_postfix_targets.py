@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from helpers import Prober, posttls_finger
+from helpers import Prober, config_header, posttls_finger
 from testbed import Testbed
 
 from certman import keys
@@ -67,31 +67,6 @@ config_dir = "{config_dir}"
 """
 
 
-def _header(bed: Testbed, directory: Path, config_dir: Path) -> str:
-    return f"""
-[certman]
-state_dir = "{directory / "state"}"
-resolvers = ["{bed.resolver}"]
-
-[acme]
-directory = "{bed.pebble.directory}"
-email = "postmaster@dane.test"
-ca_bundle = "{bed.pebble.api_ca}"
-
-[dns.bind]
-type = "rfc2136"
-server = "{bed.bind.primary}"
-tsig_key_file = "{bed.bind.tsig.file}"
-
-[propagation]
-interval = 0.2
-timeout = 60
-
-[postfix]
-config_dir = "{config_dir}"
-"""
-
-
 def rfc2136(bed: Testbed, config: Path) -> DnsProvider:
     spec = load(config).providers["bind"]
     return create_provider(spec.type, "bind", spec.options, ProviderContext((bed.resolver,)))
@@ -104,7 +79,7 @@ def mx1_targets(testbed: Testbed, tmp_path: Path) -> Iterator[Path]:
     postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
     postfix.set({"smtpd_tls_chain_files": str(pf.initial_chain_file)})
     postfix.reload()
-    text = _header(testbed, tmp_path, pf.config_dir) + "".join(
+    text = config_header(testbed, tmp_path, pf.config_dir) + "".join(
         _cert_block(testbed, tmp_path, name, host, port, target, pf.config_dir, MX1)
         for name, (host, port, target, _) in TARGETS.items()
     )
@@ -206,7 +181,7 @@ def test_two_postfix_instances_from_one_configuration(testbed: Testbed, tmp_path
         postfix.reload()
     config = tmp_path / "certman.toml"
     config.write_text(
-        _header(testbed, tmp_path, mx1.config_dir)
+        config_header(testbed, tmp_path, mx1.config_dir)
         + _cert_block(
             testbed, tmp_path, "mx1", mx1.host, 25, "main.cf", mx1.config_dir, mx1.address
         )
@@ -258,7 +233,7 @@ def test_a_certificate_without_dane_is_verified_and_rolled_back_alone(
         'targets = ["main.cf"]', f'targets = ["main.cf"]\nprobe_address = "{MX1}"'
     )
     config = tmp_path / "certman.toml"
-    config.write_text(_header(testbed, tmp_path, pf.config_dir) + block)
+    config.write_text(config_header(testbed, tmp_path, pf.config_dir) + block)
     assert main(["--config", str(config), "run", "--max-wait", "60"]) == 1
     err = capsys.readouterr().err
     assert "main.cf 127.0.0.25:25 serves certificate" in err, err
