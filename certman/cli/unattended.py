@@ -24,6 +24,8 @@ from certman.config.schema import Config, DhMode
 from certman.errors import CertmanError
 
 if TYPE_CHECKING:
+    from certman.config.schema import CertificateConfig
+    from certman.lifecycle.context import Context, ReloadBatch
     from certman.lifecycle.engine import Outcome
 
 
@@ -36,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from certman.cli import fastpath
     from certman.cli.setup import foreign_warnings
-    from certman.lifecycle.engine import advance, backing_off
+    from certman.lifecycle.context import ReloadBatch
 
     if getattr(args, "dry_run", False):
         from certman.cli.setup import cmd_run_dry
@@ -49,41 +51,91 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.quiet:
         log.threshold = min(log.threshold, Level.WARNING)
     ctx = _context(cfg, log)
+    ctx.reloads = batch = ReloadBatch()
     before = _state_identities(cfg)
-    codes = [0]
+    certs = _certificates(cfg, args.names)
+    results = _advance_all(ctx, certs, args, log)  # pass 1: everything up to the reload
+    codes = [_run_dhparams(cfg, log, batch)]
+    for where, error in batch.flush():  # one reload per instance for the whole run
+        if error is None:
+            log.notice(f"postfix -c {where}: reloaded once for this run's changes")
+        else:  # each certificate switched there reloads again before its verification
+            log(Level.ERR, f"certman: postfix -c {where} reload: {_one_line(error)}")
+    again = [c for c in certs if _waiting_reload(results.get(c.name))]
+    results.update(_advance_all(ctx, again, args, log))  # pass 2: verify what was switched
     outcomes: list[Outcome] = []
     warned = False
-    for cert in _certificates(cfg, args.names):
-        if cfg.fleet is not None:  # issue 14: through the shared lineage (docs/fleet.md)
-            from certman.cli import fleet
-
-            codes.append(fleet.run_one(ctx, cert, args.max_wait, log))
-            continue
-        try:
-            outcome = advance(ctx, cert, max_wait=args.max_wait, on_wait=Countdown(log))
-        except CertmanError as exc:
-            codes.append(exc.exit_code)
-            # A held lock or "retry later" is routine (exit 75): not worth a cron mail.
-            level = Level.NOTICE if exc.exit_code == TEMPFAIL else Level.ERR
-            log(level, f"certman: {cert.name}: {exc}")
-            continue
-        except Exception as exc:  # one certificate's failure never stops the others
-            codes.append(1)
-            log(Level.ERR, f"certman: {cert.name}: {_one_line(exc)}")
+    for cert in certs:
+        code, outcome = results[cert.name]
+        codes.append(code)
+        if outcome is None:
             continue
         outcomes.append(outcome)
-        failing = backing_off(outcome, time.time())
-        codes.append(1 if failing else 0)
-        log(Level.ERR if failing else Level.INFO, _outcome_line(outcome))
+        log(Level.ERR if code else Level.INFO, _outcome_line(outcome))
         for line in foreign_warnings(ctx, cert):  # certbot's live/ files: issue 12
             warned = True
             log(Level.WARNING, f"certman: warning: {line}")
-    codes.append(_run_dhparams(cfg, log))
     codes.append(_write_metrics(cfg, log))
     codes.append(_notify(cfg, log))
     if not any(codes) and not warned and not args.names and before == _state_identities(cfg):
         _remember_idle_run(cfg, config_identity, before, outcomes, start)
     return worst_exit(codes)
+
+
+Result = tuple[int, "Outcome | None"]  # exit code of one certificate, its outcome if it has one
+
+
+def _advance_all(
+    ctx: Context, certs: Sequence[CertificateConfig], args: argparse.Namespace, log: Log
+) -> dict[str, Result]:
+    """Advance ``certs``, up to ``[acme] concurrency`` at once; certificates answering http-01
+    on a port of their own (``listen``) take turns, since only one can hold the port."""
+    width = min(ctx.config.acme.concurrency, len(certs))
+    if width <= 1:
+        return {c.name: _advance_one(ctx, c, args, log) for c in certs}
+    from concurrent.futures import ThreadPoolExecutor
+
+    listening = [c for c in certs if c.http is not None and c.http.listen is not None]
+    others = [c for c in certs if c not in listening]
+
+    def in_turn(group: Sequence[CertificateConfig]) -> dict[str, Result]:
+        return {c.name: _advance_one(ctx, c, args, log) for c in group}
+
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="certman") as pool:
+        turns = pool.submit(in_turn, listening)
+        each = {c.name: pool.submit(_advance_one, ctx, c, args, log) for c in others}
+        results = turns.result()
+        results.update({name: future.result() for name, future in each.items()})
+    return results
+
+
+def _advance_one(
+    ctx: Context, cert: CertificateConfig, args: argparse.Namespace, log: Log
+) -> Result:
+    """One certificate as far as it goes now; its failure never stops the others."""
+    from certman.lifecycle.engine import advance, backing_off
+
+    if ctx.config.fleet is not None:  # issue 14: through the shared lineage (docs/fleet.md)
+        from certman.cli import fleet
+
+        return fleet.run_one(ctx, cert, args.max_wait, log), None
+    try:
+        outcome = advance(ctx, cert, max_wait=args.max_wait, on_wait=Countdown(log))
+    except CertmanError as exc:
+        # A held lock or "retry later" is routine (exit 75): not worth a cron mail.
+        level = Level.NOTICE if exc.exit_code == TEMPFAIL else Level.ERR
+        log(level, f"certman: {cert.name}: {exc}")
+        return exc.exit_code, None
+    except Exception as exc:  # one certificate's failure never stops the others
+        log(Level.ERR, f"certman: {cert.name}: {_one_line(exc)}")
+        return 1, None
+    return (1 if backing_off(outcome, time.time()) else 0), outcome
+
+
+def _waiting_reload(result: Result | None) -> bool:
+    from certman.lifecycle.engine import RELOAD_WAIT
+
+    return result is not None and result[1] is not None and result[1].reason == RELOAD_WAIT
 
 
 FASTPATH_HORIZON = 86400.0  # a record is trusted for a day at most, then a full run renews it
@@ -183,14 +235,21 @@ def worst_exit(codes: Sequence[int]) -> int:
     return max(codes, default=0)
 
 
-def _run_dhparams(cfg: Config, log: Log) -> int:
+def _run_dhparams(cfg: Config, log: Log, batch: ReloadBatch) -> int:
     if cfg.dhparams.mode in (DhMode.OFF, DhMode.AUTO):
         return 0
     from certman.dh import run as dhparams
     from certman.postfix.commands import Postfix
 
+    postfix = Postfix(cfg.postfix)
     try:
-        report = dhparams.advance(cfg.dhparams, Postfix(cfg.postfix), cfg.state_dir, time.time())
+        report = dhparams.advance(
+            cfg.dhparams,
+            postfix,
+            cfg.state_dir,
+            time.time(),
+            reload=lambda: batch.due(postfix),  # the run's one reload of the instance
+        )
     except CertmanError as exc:
         log.err(f"certman: dhparams: {exc}")
         return 1

@@ -176,6 +176,7 @@ def _acme(s: Section, state_dir: Path) -> AcmeConfig:
         preferred_chain=s.opt_string("preferred_chain"),
         timeout=s.number("timeout", 30.0, low=1),
         retries=s.integer("retries", 4, low=0, high=20),
+        concurrency=s.integer("concurrency", 1, low=1, high=16),
     )
     s.finish()
     return config

@@ -128,6 +128,7 @@ def _acme(acme: AcmeConfig) -> list[str]:
         ("preferred_chain", acme.preferred_chain),
         ("timeout", acme.timeout),
         ("retries", acme.retries),
+        ("concurrency", acme.concurrency),
     ]
     lines = _table("acme", items)
     if acme.eab is not None:

@@ -83,6 +83,7 @@ class AcmeConfig:
     preferred_chain: str | None
     timeout: float
     retries: int
+    concurrency: int = 1  # certificates `certman run` advances at once (orders in flight)
 
 
 @dataclass(frozen=True)

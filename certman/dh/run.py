@@ -85,6 +85,7 @@ class _Run:
     written: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     reloaded: bool = False
+    reload: Callable[[], None] | None = None  # the caller reloads (once for its whole run)
 
     def save(self) -> None:
         save_state(self.state_dir, DhState(dict(self.files), dict(self.jobs)))
@@ -156,8 +157,12 @@ def advance(
     force: bool = False,
     settings: dhgen.GeneratorSettings | None = None,
     progress: Callable[[str], None] | None = None,
+    reload: Callable[[], None] | None = None,
 ) -> DhReport:
     """One pass over the DH parameter files; what ``certman run`` calls.
+
+    ``reload``, when given, replaces Postfix's reload: `certman run` reloads each instance once
+    for all its changes (certificates and DH files).
 
     With ``background`` (cron) a due generation is started detached and installed by a later
     call; this returns in milliseconds whatever is pending. Without it (``--now``) generation
@@ -174,6 +179,7 @@ def advance(
         work = _Run(
             config, postfix, state_dir, now, value, settings or settings_for(config),
             background, progress, dict(state.files), dict(state.jobs), errors=errors,
+            reload=reload,
         )  # fmt: skip
         observed = observe(config, state, value)
         actions = plan(config, state, observed, now, force=force)
@@ -372,6 +378,11 @@ def _reload(work: _Run) -> None:
     try:
         if not work.postfix.running():
             work.lines.append("Postfix is not running; it reads the new file when it starts")
+            return
+        if work.reload is not None:
+            work.reload()
+            work.reloaded = True
+            work.lines.append("Postfix reloads once for the whole run")
             return
         work.postfix.reload()
     except PostfixError as exc:

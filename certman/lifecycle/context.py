@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -12,8 +14,65 @@ from certman.errors import ResolverUnreachable
 T = TypeVar("T")
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from certman.dns.provider import DnsProvider
     from certman.postfix.commands import Postfix
+
+
+@dataclass
+class ReloadBatch:
+    """``certman run``: one Postfix reload per instance covers every certificate the run switched.
+
+    A certificate whose files were switched (``State.reload_pending``) waits here instead of
+    reloading; ``flush`` reloads each instance once, and the certificates it covered then verify
+    without another reload. One that switches after the flush reloads itself.
+    """
+
+    _due: dict[str, Postfix] = field(default_factory=dict)  # config_dir -> instance
+    _waiting: dict[str, str] = field(default_factory=dict)  # certificate -> config_dir
+    _covered: set[str] = field(default_factory=set)  # certificates a flush reload covered
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def defer(self, cert: str, postfix: Postfix) -> bool:
+        """True when ``cert`` now waits for the flush; False when a flush already covered it."""
+        with self._lock:
+            if cert in self._covered:
+                return False
+            self._due.setdefault(str(postfix.config_dir), postfix)
+            self._waiting[cert] = str(postfix.config_dir)
+            return True
+
+    def due(self, postfix: Postfix) -> None:
+        """A change that is not a certificate's (the DH files) needs ``postfix``'s reload."""
+        with self._lock:
+            self._due.setdefault(str(postfix.config_dir), postfix)
+
+    def covers(self, cert: str) -> bool:
+        return cert in self._covered
+
+    def flush(self) -> list[tuple[str, Exception | None]]:
+        """Reload every instance a change waits for, once: (config_dir, the error or None).
+
+        A certificate whose instance failed to reload is not covered: its VERIFY reloads
+        again itself and, when that fails too, rolls back.
+        """
+        with self._lock:
+            due, waiting = dict(self._due), dict(self._waiting)
+            self._due.clear()
+            self._waiting.clear()
+        results: list[tuple[str, Exception | None]] = []
+        for key, postfix in due.items():
+            try:
+                postfix.reload()
+            except Exception as exc:  # each certificate's own VERIFY reports and rolls back
+                results.append((key, exc))
+            else:
+                results.append((key, None))
+        reloaded = {key for key, error in results if error is None}
+        with self._lock:
+            self._covered |= {cert for cert, key in waiting.items() if key in reloaded}
+        return results
 
 
 @dataclass
@@ -28,8 +87,26 @@ class Context:
     _providers: dict[str, DnsProvider] = field(default_factory=dict)
     _postfix: Postfix | None = None
     _instances: dict[str, Postfix] = field(default_factory=dict)
+    reloads: ReloadBatch | None = None  # `certman run`: one reload per instance (issue 12)
+    # `certman run` may advance several certificates at once ([acme] concurrency): these keep
+    # the shared caches whole and one switch at a time per Postfix instance (postconf -e).
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _switch_locks: dict[str, threading.Lock] = field(default_factory=dict)
+
+    @contextmanager
+    def switching(self, cert: CertificateConfig) -> Iterator[None]:
+        """Held while ``cert``'s files and settings change: one certificate at a time per
+        Postfix instance, since ``postconf -e`` rewrites the whole main.cf/master.cf."""
+        with self._lock:
+            lock = self._switch_locks.setdefault(str(cert.install.config_dir), threading.Lock())
+        with lock:
+            yield
 
     def provider(self, name: str) -> DnsProvider:
+        with self._lock:
+            return self._provider(name)
+
+    def _provider(self, name: str) -> DnsProvider:
         if name not in self._providers:
             from certman.dns.provider import ProviderContext, create_provider
 
@@ -56,11 +133,12 @@ class Context:
 
     @property
     def postfix(self) -> Postfix:
-        if self._postfix is None:
-            from certman.postfix.commands import Postfix
+        with self._lock:
+            if self._postfix is None:
+                from certman.postfix.commands import Postfix
 
-            self._postfix = Postfix(self.config.postfix)
-        return self._postfix
+                self._postfix = Postfix(self.config.postfix)
+            return self._postfix
 
     def postfix_for(self, cert: CertificateConfig) -> Postfix:
         """The Postfix instance ``cert`` is served by (postmulti: its own config_dir).
@@ -71,6 +149,10 @@ class Context:
         config_dir = cert.install.config_dir
         if config_dir == self.config.postfix.config_dir:
             return self.postfix
+        with self._lock:
+            return self._instance(config_dir)
+
+    def _instance(self, config_dir: Path) -> Postfix:
         key = str(config_dir)
         if key not in self._instances:
             from certman.postfix.commands import Postfix

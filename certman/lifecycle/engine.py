@@ -86,6 +86,8 @@ def advance(
                     on_wait(step, step.wait_until - now)
                 ctx.sleep(max(0.0, min(step.wait_until - now, 1.0)))
                 continue
+            if step.action is Action.VERIFY and _waits_for_run_reload(ctx, cert, state):
+                return Outcome(cert.name, state, RELOAD_WAIT)
             ctx.progress(f"{cert.name}: {step.reason}")
             state, wait_until = _perform_guarded(ctx, cert, cdir, state, step, policy)
             cdir.save(state)
@@ -107,12 +109,23 @@ def advance(
                 ctx.sleep(max(0.0, wait_until - ctx.clock()))
 
 
+RELOAD_WAIT = "new files switched in; Postfix reloads once for the whole run"
+
+
+def _waits_for_run_reload(ctx: Context, cert: CertificateConfig, state: State) -> bool:
+    """``certman run`` (``ctx.reloads``): a switched certificate waits for the run's one reload
+    of its instance instead of reloading Postfix itself (``ReloadBatch``)."""
+    if not state.reload_pending or ctx.reloads is None:
+        return False
+    return ctx.reloads.defer(cert.name, ctx.postfix_for(cert))
+
+
 # One notice line per change to the outside world (log level 5), after it was saved.
 _CHANGES = {
     Action.ADOPT: "adopted the key Postfix serves",
     Action.PUBLISH: "TLSA records written",
     Action.ISSUE: "certificate issued",
-    Action.INSTALL: "new files switched in, Postfix reloaded",
+    Action.INSTALL: "new files switched in",
     Action.VERIFY: "live endpoints verified against the validated TLSA records",
     Action.ROLLBACK: "rolled back: previous files restored, Postfix reloaded",
     Action.FINISH: "operation finished",
@@ -150,7 +163,11 @@ def _perform_guarded(
     ROLLBACK, which the engine performs next instead of leaving unverified files served.
     """
     try:
-        done = _perform(ctx, cert, cdir, state, step, policy)
+        if step.action in (Action.INSTALL, Action.ROLLBACK):
+            with ctx.switching(cert):  # one switch at a time per Postfix instance
+                done = _perform(ctx, cert, cdir, state, step, policy)
+        else:
+            done = _perform(ctx, cert, cdir, state, step, policy)
     except RetryLater as exc:
         now = ctx.clock()
         # A CA's Retry-After is kept as given; our own back-off for a CA that did not answer
@@ -272,6 +289,7 @@ def _perform(
             state, installed = deploy.install(ctx, cert, cdir, state)
             return (state.evolve(phase=Phase.VERIFY) if installed else state), None
         case Action.VERIFY:
+            state = deploy.reload(ctx, cert, state)
             error = deploy.verify(ctx, cert, state)
             if error is None:
                 renew = renewal.renew_after(cert, state)

@@ -286,6 +286,7 @@ def _deploy(fleet: Fleet, local: State) -> State:
                     raise CertmanError("the issuer's 2 1 x record is not published yet")
                 local = local.evolve(phase=Phase.VERIFY)
             elif local.phase is Phase.VERIFY:
+                local = deploy.reload(ctx, cert, local)
                 error = deploy.verify(ctx, cert, local)
                 local = _verified(local, now) if error is None else _failed(local, error)
             else:
@@ -325,6 +326,7 @@ def _rolled_back(local: State, now: float) -> State:
         previous={},
         staged={},
         install_record=None,
+        reload_pending=False,  # the rollback reloaded
         phase=Phase.STEADY,
     )
     if not local.previous:

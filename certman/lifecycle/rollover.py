@@ -256,6 +256,7 @@ def after_rollback(state: State, now: float, error: str, policy: Policy) -> Stat
         operation=Operation.ROLLOVER if state.operation in rolling else None,
         staged={},
         install_record=None,
+        reload_pending=False,  # the rollback reloaded
         last_error=error,
         retry_after=now + retry_delay(state, policy),
         failures=state.failures + 1,

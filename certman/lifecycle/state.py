@@ -82,6 +82,9 @@ class State:
     publish_facts: TlsaProgress | None = None
     failures: int = 0  # consecutive failed attempts: the back-off grows with them
     ca_retry_after: float | None = None  # the CA's Retry-After, honoured by `issue`/`rollover`
+    # Files switched, Postfix not yet reloaded: VERIFY reloads first (or `certman run`'s one
+    # reload per instance covers it). A crash in between only repeats the reload.
+    reload_pending: bool = False
 
     def evolve(self, **changes: Any) -> State:
         return replace(self, **changes)
@@ -171,6 +174,7 @@ def from_json(data: dict[str, Any], where: str) -> State:
             publish_facts=_facts(data.get("publish_facts")),
             failures=int(data.get("failures", 0)),
             ca_retry_after=data.get("ca_retry_after"),
+            reload_pending=data.get("reload_pending", False) is True,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CertmanError(f"{where}: corrupt state file ({exc!r})") from None

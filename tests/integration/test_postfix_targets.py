@@ -244,3 +244,36 @@ def test_a_certificate_without_dane_is_verified_and_rolled_back_alone(
     }
     state = state_of(config, "mx1")
     assert state.phase is Phase.STEADY and state.last_error  # type: ignore[attr-defined]
+
+
+def test_one_run_switches_every_target_with_one_reload(
+    testbed: Testbed, mx1_targets: Path, tmp_path: Path
+) -> None:
+    """Four certificates of one instance due in the same `certman run`, advanced four at a time
+    ([acme] concurrency): each switches its own target, then one reload covers them all, and
+    each is verified live afterwards (issue 12: "one reload covers all changes of a run")."""
+    config = mx1_targets
+    pf = testbed.postfix["mx1"]
+    reloads = tmp_path / "reloads.log"
+    script = tmp_path / "reload.sh"
+    script.write_text(
+        f'#!/bin/sh\necho reload >> "{reloads}"\nexec postfix -c "{pf.config_dir}" reload\n'
+    )
+    script.chmod(0o755)
+    text = config.read_text()
+    text = text.replace("[acme]\n", "[acme]\nconcurrency = 4\n", 1)
+    text = text.replace("[postfix]\n", f'[postfix]\nreload_command = ["{script}"]\n', 1)
+    config.write_text(text)
+    assert main(["--config", str(config), "run", "--max-wait", "0"]) == 0  # adopt, publish
+    reloads.unlink(missing_ok=True)
+    assert main(["--config", str(config), "run", "--max-wait", "120"]) == 0
+    assert reloads.read_text().splitlines() == ["reload"]  # one, for four switched targets
+    for name, (host, port, _, options) in TARGETS.items():
+        state = state_of(config, name)
+        assert state.phase is Phase.STEADY and not state.reload_pending, name  # type: ignore[attr-defined]
+        assert state.certs, name  # type: ignore[attr-defined]
+        staged_serial = state.certs["ecdsa-p256"].serial  # type: ignore[attr-defined]
+        chain = fetch_chain(MX1, port, timeout=5, server_name=host, implicit_tls=port == 465)
+        assert f"{chain[0].serial_number:x}" == staged_serial, name
+        ok, output = posttls_finger(testbed, host, MX1, options, port=port)
+        assert ok, f"{name}: {output}"

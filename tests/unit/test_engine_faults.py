@@ -493,7 +493,7 @@ def test_run_goes_on_after_a_certificate_fails_unexpectedly(
     monkeypatch.setattr(unattended, "_load", lambda args: cfg)
     monkeypatch.setattr("certman.lifecycle.engine.advance", advance)
 
-    def dhparams(c: Config, log: object) -> int:
+    def dhparams(c: Config, log: object, batch: object) -> int:
         dh_runs.append(1)
         return 0
 
