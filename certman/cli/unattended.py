@@ -56,11 +56,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     certs = _certificates(cfg, args.names)
     results = _advance_all(ctx, certs, args, log)  # pass 1: everything up to the reload
     codes = [_run_dhparams(cfg, log, batch)]
-    for where, error in batch.flush():  # one reload per instance for the whole run
+    for where, error, waited in batch.flush():  # one reload per instance for the whole run
         if error is None:
             log.notice(f"postfix -c {where}: reloaded once for this run's changes")
-        else:  # each certificate switched there reloads again before its verification
-            log(Level.ERR, f"certman: postfix -c {where} reload: {_one_line(error)}")
+        elif not waited:  # only the DH files changed; else each certificate says it (pass 2)
+            log(Level.ERR, f"certman: dhparams: {_one_line(error)}")
+            codes.append(1)
     again = [c for c in certs if _waiting_reload(results.get(c.name))]
     results.update(_advance_all(ctx, again, args, log))  # pass 2: verify what was switched
     outcomes: list[Outcome] = []

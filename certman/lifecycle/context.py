@@ -26,18 +26,20 @@ class ReloadBatch:
 
     A certificate whose files were switched (``State.reload_pending``) waits here instead of
     reloading; ``flush`` reloads each instance once, and the certificates it covered then verify
-    without another reload. One that switches after the flush reloads itself.
+    without another reload, or, when that reload failed, roll back with its error. One that
+    switches after the flush reloads itself.
     """
 
     _due: dict[str, Postfix] = field(default_factory=dict)  # config_dir -> instance
     _waiting: dict[str, str] = field(default_factory=dict)  # certificate -> config_dir
-    _covered: set[str] = field(default_factory=set)  # certificates a flush reload covered
+    _done: dict[str, Exception | None] = field(default_factory=dict)  # certificate -> outcome
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def defer(self, cert: str, postfix: Postfix) -> bool:
-        """True when ``cert`` now waits for the flush; False when a flush already covered it."""
+        """True when ``cert`` now waits for the flush; False when a flush already reloaded (or
+        failed to reload) its instance after the switch."""
         with self._lock:
-            if cert in self._covered:
+            if cert in self._done:
                 return False
             self._due.setdefault(str(postfix.config_dir), postfix)
             self._waiting[cert] = str(postfix.config_dir)
@@ -49,30 +51,37 @@ class ReloadBatch:
             self._due.setdefault(str(postfix.config_dir), postfix)
 
     def covers(self, cert: str) -> bool:
-        return cert in self._covered
+        """The run's reload of ``cert``'s instance came after its switch; raises that reload's
+        error when it failed (the certificate then rolls back)."""
+        with self._lock:
+            if cert not in self._done:
+                return False
+            error = self._done[cert]
+        if error is not None:
+            raise error
+        return True
 
-    def flush(self) -> list[tuple[str, Exception | None]]:
-        """Reload every instance a change waits for, once: (config_dir, the error or None).
-
-        A certificate whose instance failed to reload is not covered: its VERIFY reloads
-        again itself and, when that fails too, rolls back.
-        """
+    def flush(self) -> list[tuple[str, Exception | None, tuple[str, ...]]]:
+        """Reload every instance a change waits for, once: (config_dir, the error or None, the
+        certificates that waited for it)."""
         with self._lock:
             due, waiting = dict(self._due), dict(self._waiting)
             self._due.clear()
             self._waiting.clear()
-        results: list[tuple[str, Exception | None]] = []
+        results: dict[str, Exception | None] = {}
         for key, postfix in due.items():
             try:
                 postfix.reload()
-            except Exception as exc:  # each certificate's own VERIFY reports and rolls back
-                results.append((key, exc))
+            except Exception as exc:  # each certificate switched there rolls back with it
+                results[key] = exc
             else:
-                results.append((key, None))
-        reloaded = {key for key, error in results if error is None}
+                results[key] = None
         with self._lock:
-            self._covered |= {cert for cert, key in waiting.items() if key in reloaded}
-        return results
+            self._done.update({cert: results[key] for cert, key in waiting.items()})
+        return [
+            (key, error, tuple(sorted(c for c, k in waiting.items() if k == key)))
+            for key, error in results.items()
+        ]
 
 
 @dataclass

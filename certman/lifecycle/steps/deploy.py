@@ -71,7 +71,8 @@ def install(
 
 
 def reload(ctx: Context, cert: CertificateConfig, state: State) -> State:
-    """Before verifying: reload Postfix unless this run's one reload already covered ``cert``.
+    """Before verifying: reload Postfix unless this run's one reload already covered ``cert``
+    (whose failure is raised here, so the certificate rolls back).
 
     New smtpd processes read the switched files; a reload repeated after a crash is harmless.
     """
