@@ -9,7 +9,9 @@ address) and:
 - answers ``GET renewalInfo/<certID>`` with the window the test sets, and a ``Retry-After``;
 - records the payload of every newOrder request (``replaces``, ``profile``);
 - answers the next newOrder requests with errors the test queues (409 alreadyReplaced,
-  429 rateLimited with Retry-After, 503, ...).
+  429 rateLimited with Retry-After, 503, ...);
+- answers every request (``fail_all``), or the next ``fail_count`` requests, with one error
+  (500 serverInternal, 429 rateLimited with Retry-After), recording what it refused.
 
 Also here: ``make_tls_files``, a throwaway CA and server certificate for an IP address, used for
 the proxy's own HTTPS and for extra Pebble instances the tests start.
@@ -118,6 +120,11 @@ class AriProxy:
     inject: list[Injected] = field(default_factory=list)
     new_orders: list[dict[str, Any]] = field(default_factory=list)
     renewal_queries: list[str] = field(default_factory=list)
+    fail_all: Injected | None = None  # every request answered with this error
+    fail_next: Injected | None = None  # the next ``fail_count`` requests answered with it
+    fail_count: int = 0
+    refused: list[str] = field(default_factory=list)  # "METHOD path" of each request refused
+    forwarded: list[str] = field(default_factory=list)  # "METHOD path" of each request passed on
     port: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -184,10 +191,29 @@ def _handler(proxy: AriProxy) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
+        def _refused(self) -> bool:
+            """Answer with the error the test set for every request (or the next few)."""
+            with proxy.lock:
+                injected = proxy.fail_all
+                if injected is None and proxy.fail_count > 0:
+                    injected = proxy.fail_next
+                    proxy.fail_count -= 1
+                what = f"{self.command} {self.path}"
+                (proxy.refused if injected else proxy.forwarded).append(what)
+            if injected is None:
+                return False
+            if self.command == "POST":
+                self._body()  # read it, so the connection stays usable
+            self._problem(injected)
+            return True
+
         def do_HEAD(self) -> None:
-            self._relay()
+            if not self._refused():
+                self._relay()
 
         def do_GET(self) -> None:
+            if self._refused():
+                return
             if self.path.startswith(RENEWAL_PATH + "/"):
                 self._renewal_info(self.path[len(RENEWAL_PATH) + 1 :])
             elif self.path == "/dir":
@@ -196,6 +222,8 @@ def _handler(proxy: AriProxy) -> type[BaseHTTPRequestHandler]:
                 self._relay()
 
         def do_POST(self) -> None:
+            if self._refused():
+                return
             body = self._body()
             if self.path == "/order-plz":
                 payload = _jws_payload(body)

@@ -72,7 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if outcome is None:
             continue
         outcomes.append(outcome)
-        log(Level.ERR if code else Level.INFO, _outcome_line(outcome))
+        level = {0: Level.INFO, 1: Level.ERR}.get(code, Level.NOTICE)
+        log(level, _outcome_line(outcome))
         for line in foreign_warnings(ctx, cert):  # certbot's live/ files: issue 12
             warned = True
             log(Level.WARNING, f"certman: warning: {line}")
@@ -114,7 +115,7 @@ def _advance_one(
     ctx: Context, cert: CertificateConfig, args: argparse.Namespace, log: Log
 ) -> Result:
     """One certificate as far as it goes now; its failure never stops the others."""
-    from certman.lifecycle.engine import advance, backing_off
+    from certman.lifecycle.engine import advance, backing_off, ca_asked_later
 
     if ctx.config.fleet is not None:  # issue 14: through the shared lineage (docs/fleet.md)
         from certman.cli import fleet
@@ -130,7 +131,11 @@ def _advance_one(
     except Exception as exc:  # one certificate's failure never stops the others
         log(Level.ERR, f"certman: {cert.name}: {_one_line(exc)}")
         return 1, None
-    return (1 if backing_off(outcome, time.time()) else 0), outcome
+    now = time.time()
+    if not backing_off(outcome, now):
+        return 0, outcome
+    # The CA's own Retry-After is routine, like the run that stored it (exit 75).
+    return (TEMPFAIL if ca_asked_later(outcome, now) else 1), outcome
 
 
 def _waiting_reload(result: Result | None) -> bool:

@@ -46,6 +46,19 @@ def backing_off(outcome: Outcome, now: float) -> bool:
     )
 
 
+def ca_asked_later(outcome: Outcome, now: float) -> bool:
+    """True while the back-off is the CA's own Retry-After (RFC 8555 §6.6): temporary, exit 75
+    like the failed attempt that stored it, not an error of ours."""
+    state = outcome.state
+    return (
+        backing_off(outcome, now)
+        and state.ca_retry_after is not None
+        and now < state.ca_retry_after
+        and state.retry_after is not None
+        and state.retry_after <= state.ca_retry_after
+    )
+
+
 def policy_for(cert: CertificateConfig, propagation_interval: float = 1.0) -> Policy:
     dane = cert.dane
     return Policy(
@@ -71,7 +84,7 @@ def advance(
     policy = policy_for(cert, ctx.config.propagation.interval)
     with cdir.lock(wait=wait_lock):
         state = cdir.load(cert.name)
-        _honour_ca_retry_after(cert, state, ctx.clock(), request)
+        _honour_ca_retry_after(cert, state, ctx.clock(), request, ctx.config.acme.directory)
         while True:
             now = ctx.clock()
             step = rollover.decide(state, now, policy, request)
@@ -141,7 +154,7 @@ def _change(action: Action | None, state: State) -> str | None:
 
 
 def _honour_ca_retry_after(
-    cert: CertificateConfig, state: State, now: float, request: Operation | None
+    cert: CertificateConfig, state: State, now: float, request: Operation | None, server: str
 ) -> None:
     """`certman issue`/`rollover` skip the back-off, but not a Retry-After the CA gave (RFC 8555
     §6.6): asking again early only extends a rate limit."""
@@ -150,7 +163,9 @@ def _honour_ca_retry_after(
     import time
 
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.ca_retry_after))
-    raise RetryLater(f"{cert.name}: the CA asked to retry after {when}", state.ca_retry_after)
+    raise RetryLater(
+        f"{cert.name}: ACME server {server} asked to retry after {when}", state.ca_retry_after
+    )
 
 
 def _perform_guarded(
