@@ -139,3 +139,45 @@ def test_a_failing_postfix_reload_rolls_back_and_a_later_run_finishes(
     final = state(config)
     assert final.phase is Phase.STEADY and final.certs
     assert served_spki(testbed, "mx1") == served
+
+
+def test_postfix_serving_another_certificate_after_the_reload_is_rolled_back(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    """The reload "works" but Postfix then serves another certificate (here: a reload command
+    that points main.cf at mx2's certificate afterwards, once): VERIFY fails, the previous
+    files and main.cf come back, exit 1; a later run installs and verifies."""
+    config = fresh_host(testbed, tmp_path)
+    served = served_spki(testbed, "mx1")
+    pf, other = testbed.postfix["mx1"], testbed.postfix["mx2"].initial_chain_file
+    flag = tmp_path / "serve-another-once"
+    flag.touch()
+    script = tmp_path / "reload.sh"
+    script.write_text(
+        "#!/bin/sh\nset -e\n"
+        f'postfix -c "{pf.config_dir}" reload\n'
+        f'if [ -e "{flag}" ]; then rm -f "{flag}"\n'
+        f'  postconf -c "{pf.config_dir}" -e "smtpd_tls_chain_files = {other}"\n'
+        f'  postfix -c "{pf.config_dir}" reload\nfi\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    edit(config, "[postfix]\n", f'[postfix]\nreload_command = ["{script}"]\n')
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    chain_before = postfix.get("smtpd_tls_chain_files")
+    records = primary_tlsa(testbed, TLSA)
+    done = run(config, "run", "--max-wait", "60")
+    line = one_line_failure(done, "previous certificate restored", pf.address)
+    assert not flag.exists()  # the fault was injected
+    rolled = state(config)
+    assert rolled.phase is Phase.STEADY and rolled.operation is None and rolled.retry_after
+    assert rolled.last_error and rolled.last_error in line
+    assert served_spki(testbed, "mx1") == served
+    assert postfix.get("smtpd_tls_chain_files") == chain_before
+    assert primary_tlsa(testbed, TLSA) != records  # published: current and next, as planned
+    done = run(config, "issue", "mx1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = state(config)
+    assert final.phase is Phase.STEADY and final.certs and final.last_error is None
+    assert served_spki(testbed, "mx1") == served  # the same (adopted) key, now Pebble's cert
+    chain = Path(postfix.get("smtpd_tls_chain_files")["smtpd_tls_chain_files"])
+    assert chain.parent == tmp_path / "postfix-files"
