@@ -120,3 +120,62 @@ def test_a_read_only_postfix_directory_leaves_the_old_files_served(
         subprocess.run(["umount", "-l", str(files)], check=False)
     done = run(config, "issue", "mx1")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def in_postfix_ns(testbed: Testbed, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A command in mx1's Postfix's mount namespace (``ip netns exec`` gave it its own)."""
+    pid = str(testbed.pids["postfix-mx1"])
+    return subprocess.run(
+        ["nsenter", "--target", pid, "--mount", "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_a_full_filesystem_on_the_postfix_side_leaves_the_old_files_served(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    """The directory certman writes Postfix's files into is a small tmpfs that fills up. The
+    tmpfs is mounted in Postfix's own mount namespace and certman runs there too, so Postfix
+    reads exactly what certman writes (the state directory stays on the ordinary disk)."""
+    config = fresh_host(testbed, tmp_path)
+    files = tmp_path / "postfix-files"
+    files.mkdir(mode=0o700)
+    mounted = in_postfix_ns(testbed, "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(files))
+    assert mounted.returncode == 0, mounted.stderr
+    certman = (sys.executable, "-m", "certman", "--config", str(config))
+    try:
+        for _ in range(2):
+            done = in_postfix_ns(testbed, *certman, "run", "--max-wait", "60")
+            assert done.returncode == 0, done.stdout + done.stderr
+        first = state_of(config)
+        assert isinstance(first, State) and first.phase is Phase.STEADY and first.certs
+        target = files / "mx1-ecdsa-p256.pem"
+        old = in_postfix_ns(testbed, "cat", str(target)).stdout
+        assert "BEGIN CERTIFICATE" in old and not target.exists()  # only on the tmpfs
+        filler = files / "filler"
+        in_postfix_ns(testbed, "sh", "-c", f"cat /dev/zero > {filler}")
+        done = in_postfix_ns(testbed, *certman, "issue", "mx1")
+        assert done.returncode == 1, done.stdout + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "No space left on device" in lines[0] and str(files) in lines[0], lines[0]
+        failed = state_of(config)  # readable, and the served certificate still the one
+        assert isinstance(failed, State) and failed.last_error and failed.phase is Phase.STEADY
+        assert failed.current == first.current
+        assert in_postfix_ns(testbed, "cat", str(target)).stdout == old
+        assert served_spki(testbed, "mx1") == first.current["ecdsa-p256"].spki_sha256
+        listing = in_postfix_ns(testbed, "ls", "-A", str(files)).stdout.split()
+        assert sorted(listing) == ["filler", target.name], listing  # no debris
+        in_postfix_ns(testbed, "rm", "-f", str(filler))
+        done = in_postfix_ns(testbed, *certman, "issue", "mx1")
+        assert done.returncode == 0, done.stdout + done.stderr
+        final = state_of(config)
+        assert isinstance(final, State) and final.certs != first.certs
+        assert in_postfix_ns(testbed, "cat", str(target)).stdout != old
+        assert served_spki(testbed, "mx1") == first.current["ecdsa-p256"].spki_sha256
+    finally:
+        in_postfix_ns(testbed, "umount", "-l", str(files))

@@ -72,6 +72,20 @@ def test_backing_off_after_a_failure_exits_1_and_says_why(
     assert "backing off after: CA refused" in capsys.readouterr().err
 
 
+def test_waiting_out_the_cas_retry_after_exits_75_not_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CA's own Retry-After is temporary (75), like the run that stored it; our back-off
+    after the CA failed to answer stays an error (1)."""
+    config = _config(tmp_path)
+    later = time.time() + 3600
+    _state(tmp_path, last_error="rateLimited", retry_after=later, ca_retry_after=later)
+    assert _run(config, "--max-wait", "0") == 75
+    assert capsys.readouterr().err == ""  # quiet: not worth a cron mail
+    _state(tmp_path, last_error="rateLimited", retry_after=later + 60, ca_retry_after=later)
+    assert _run(config, "--max-wait", "0") == 1
+
+
 def test_a_failing_step_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _config(tmp_path)
     _state(tmp_path, renew_after=time.time() - 1)

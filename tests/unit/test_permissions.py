@@ -113,3 +113,26 @@ def test_the_exec_provider_passes_a_minimal_environment(
     assert env["CERTMAN_ACTION"] == "read" and "PATH" in env
     allowed = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "MY_DNS_TOKEN", "LC_CTYPE"}
     assert {k for k in env if not k.startswith("CERTMAN_")} <= allowed
+
+
+def test_a_failed_write_names_the_file_and_leaves_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC from write/fsync carries no file name: atomic_write adds the target's (issue 10,
+    a full Postfix directory gave "install: OSError: [Errno 28] No space left on device")."""
+    import errno
+
+    from certman import fsutil
+
+    target = tmp_path / "mx1.pem"
+    target.write_bytes(b"old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fsutil.os, "fsync", full)
+    with pytest.raises(OSError) as caught:
+        fsutil.atomic_write(target, b"new")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert str(target) in str(caught.value)
+    assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
