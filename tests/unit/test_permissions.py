@@ -15,7 +15,7 @@ import pytest
 from certman.dns.provider import ProviderContext
 from certman.dns.providers.exec import ExecOptions, ExecProvider
 from certman.errors import CertmanError
-from certman.fsutil import open_lock, private_dir
+from certman.fsutil import atomic_write, open_lock, private_dir
 from certman.lifecycle.state import State
 from certman.lifecycle.statefile import CertDir
 
@@ -122,7 +122,6 @@ def test_a_failed_write_names_the_file_and_leaves_no_debris(
     a full Postfix directory gave "install: OSError: [Errno 28] No space left on device")."""
     import errno
 
-    from certman import fsutil
 
     target = tmp_path / "mx1.pem"
     target.write_bytes(b"old")
@@ -130,9 +129,9 @@ def test_a_failed_write_names_the_file_and_leaves_no_debris(
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(fsutil.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError) as caught:
-        fsutil.atomic_write(target, b"new")
+        atomic_write(target, b"new")
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
     assert str(target) in str(caught.value)
     assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
