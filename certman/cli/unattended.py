@@ -126,10 +126,10 @@ def _advance_one(
     except CertmanError as exc:
         # A held lock or "retry later" is routine (exit 75): not worth a cron mail.
         level = Level.NOTICE if exc.exit_code == TEMPFAIL else Level.ERR
-        log(level, f"certman: {cert.name}: {exc}")
+        log(level, f"certman: {_named(cert.name, str(exc))}")
         return exc.exit_code, None
     except Exception as exc:  # one certificate's failure never stops the others
-        log(Level.ERR, f"certman: {cert.name}: {_one_line(exc)}")
+        log(Level.ERR, f"certman: {_named(cert.name, _one_line(exc))}")
         return 1, None
     now = time.time()
     if not backing_off(outcome, now):
@@ -142,6 +142,11 @@ def _waiting_reload(result: Result | None) -> bool:
     from certman.lifecycle.engine import RELOAD_WAIT
 
     return result is not None and result[1] is not None and result[1].reason == RELOAD_WAIT
+
+
+def _named(name: str, text: str) -> str:
+    """``NAME: text``, once: many errors name their certificate already."""
+    return text if text.startswith(f"{name}: ") else f"{name}: {text}"
 
 
 FASTPATH_HORIZON = 86400.0  # a record is trusted for a day at most, then a full run renews it

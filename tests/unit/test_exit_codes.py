@@ -97,6 +97,21 @@ def test_a_failing_step_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert _run(config) == 1
 
 
+def test_a_failure_names_its_certificate_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    _state(tmp_path, renew_after=time.time() - 1)
+
+    def fail(*_a: object) -> None:
+        raise PostfixError("mx1: postfix reload failed")
+
+    monkeypatch.setattr(engine, "_perform", fail)
+    assert _run(config) == 1
+    err = capsys.readouterr().err
+    assert "certman: mx1: postfix reload failed" in err and "mx1: mx1:" not in err
+
+
 def test_ca_asking_to_retry_later_exits_75(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _config(tmp_path)
     _state(tmp_path, renew_after=time.time() - 1)
