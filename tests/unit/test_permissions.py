@@ -122,7 +122,6 @@ def test_a_failed_write_names_the_file_and_leaves_no_debris(
     a full Postfix directory gave "install: OSError: [Errno 28] No space left on device")."""
     import errno
 
-
     target = tmp_path / "mx1.pem"
     target.write_bytes(b"old")
 
