@@ -103,7 +103,8 @@ def write_point(label: str) -> None:
 
     For the crash tests (tests/integration/test_kill_points.py) only: with ``$CERTMAN_FAULT_LOG``
     set, every point is numbered in that file, across processes, and the process SIGKILLs itself
-    at point number ``$CERTMAN_FAULT_KILL_AT``. Unset, as in production, it costs one lookup.
+    at point number ``$CERTMAN_FAULT_KILL_AT`` (or, given as ``label:TEXT``, at the first point
+    whose label starts with TEXT). Unset, as in production, it costs one lookup.
     """
     log = os.environ.get(FAULT_LOG)
     if log:
@@ -121,5 +122,9 @@ def _fault_point(log: Path, label: str, kill_at: str | None) -> None:
         handle.write(f"{number} {os.getpid()} {label}\n")
         handle.flush()
         os.fsync(handle.fileno())
-    if kill_at is not None and str(number) == kill_at.strip():
+    if kill_at is None:
+        return
+    # A number kills at that point; "label:TEXT" at the first point whose label starts with TEXT.
+    hit = label.startswith(kill_at[6:]) if kill_at.startswith("label:") else kill_at.strip()
+    if hit is True or hit == str(number):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -196,19 +196,13 @@ def _perform_guarded(
         _save_failure(cdir, failed)
         raise
     except Exception as exc:
-        error = exc if isinstance(exc, CertmanError) else _unexpected(cert, step, exc)
+        error = exc if isinstance(exc, CertmanError) else unexpected(step, exc)
         # An action may have saved facts midway (PUBLISH's write-ahead facts, INSTALL's plan).
         state = _reload(cdir, cert, state)
         rolled = _after_switch_failure(ctx, cert, cdir, state, str(error))
         if rolled is not None:
             return rolled, None
-        now = ctx.clock()
-        failed = rollover.failed(state, now, str(error), now + rollover.retry_delay(state, policy))
-        if isinstance(exc, PropagationTimeout):
-            # The next attempt gets a whole propagation timeout of its own.
-            tlsa = replace(failed.tlsa, confirm_since=failed.retry_after)
-            failed = failed.evolve(tlsa=tlsa)
-        _save_failure(cdir, failed)
+        _save_failure(cdir, failure_state(state, ctx.clock(), error, policy))
         if error is exc:
             raise
         raise error from None
@@ -218,7 +212,18 @@ def _perform_guarded(
     return state, wait
 
 
-def _unexpected(cert: CertificateConfig, step: Step, exc: Exception) -> CertmanError:
+def failure_state(state: State, now: float, error: Exception, policy: Policy) -> State:
+    """``state`` after a failed action: the error, and a back-off that starts short and grows
+    with each consecutive failure (``rollover.retry_delay``)."""
+    failed = rollover.failed(state, now, str(error), now + rollover.retry_delay(state, policy))
+    if isinstance(error, PropagationTimeout):
+        # The next attempt gets a whole propagation timeout of its own.
+        tlsa = replace(failed.tlsa, confirm_since=failed.retry_after)
+        failed = failed.evolve(tlsa=tlsa)
+    return failed
+
+
+def unexpected(step: Step, exc: Exception) -> CertmanError:
     """One line for the operator, no traceback: the action, the exception type and message."""
     text = " ".join(str(exc).split()) or "no message"
     return CertmanError(f"{step.action}: {type(exc).__name__}: {text}")

@@ -23,7 +23,7 @@ from certman.fleet import lease as leases
 from certman.fleet.reports import readiness
 from certman.fleet.store import LostRace, Store, default_client_factory
 from certman.lifecycle import rollover
-from certman.lifecycle.engine import policy_for
+from certman.lifecycle.engine import failure_state, policy_for, unexpected
 from certman.lifecycle.fleethost import (
     Fleet,
     HostResult,
@@ -198,6 +198,8 @@ def _drive(
         if step.reason != said:
             ctx.progress(f"{fleet.cert.name}: fleet: {step.reason}")
             said = step.reason
+        if step.action is Action.PUBLISH and lineage.state.publish_facts is None:
+            lineage = _write_ahead(fleet, lineage, held)
         before = lineage.state
         state, wait_until = _perform_guarded(fleet, lineage, held, before, step, policy)
         if state != before:
@@ -210,18 +212,36 @@ def _drive(
             ctx.sleep(max(0.0, wait_until - ctx.clock()))
 
 
+def _write_ahead(fleet: Fleet, lineage: Lineage, held: leases.Held) -> Lineage:
+    """The facts about the TLSA RRsets as they were (TTLs, emptiness, each zone's negative TTL),
+    in the fleet's lineage before the first DNS write: a leader that dies midway, or the next
+    one, repeats the PUBLISH with them and never with what it wrote itself (issue 10)."""
+    from certman.lifecycle.steps import dane as dane_steps
+
+    facts = dane_steps.facts_before(fleet.ctx, fleet.cert)
+    state = lineage.state.evolve(publish_facts=facts)
+    return save_lineage(fleet.store, lineage, state, held.lease.term, fleet.me)
+
+
 def _perform_guarded(
     fleet: Fleet, lineage: Lineage, held: leases.Held, state: State, step: Step, policy: Policy
 ) -> tuple[State, float | None]:
+    """``_perform``, every failure recorded in the lineage (last error, back-off) as one line;
+    an exception that is not certman's becomes a CertmanError naming the action."""
     try:
-        return _perform(fleet, state, step, policy)
+        done, wait = _perform(fleet, state, step, policy)
     except LostRace:
         raise
-    except CertmanError as exc:
-        now = fleet.ctx.clock()
-        failed = rollover.failed(state, now, str(exc), now + policy.retry_interval)
+    except Exception as exc:
+        error = exc if isinstance(exc, CertmanError) else unexpected(step, exc)
+        failed = failure_state(state, fleet.ctx.clock(), error, policy)
         save_lineage(fleet.store, lineage, failed, held.lease.term, fleet.me)
-        raise
+        if error is exc:
+            raise
+        raise error from None
+    if done.failures and step.action is not Action.ROLLBACK:
+        done = done.evolve(failures=0)  # the back-off starts short again after a success
+    return done, wait
 
 
 def _perform(fleet: Fleet, state: State, step: Step, policy: Policy) -> tuple[State, float | None]:
@@ -251,16 +271,19 @@ def _perform(fleet: Fleet, state: State, step: Step, policy: Policy) -> tuple[St
         case Action.PUBLISH:
             state = key_steps.ensure_next_keys(ctx, cert, wdir, state)
             _copy_keys(fleet, state)
-            # The facts about DNS before the change (per-zone negative TTL). Not yet saved to the
-            # fleet store ahead of the write, as the single-host engine does (issue 10).
-            facts = state.publish_facts or dane_steps.facts_before(ctx, cert)
-            progress, retired, issuers = dane_steps.publish(ctx, cert, state, facts)
+            assert state.publish_facts is not None  # saved ahead of the write (_write_ahead)
+            progress, retired, issuers = dane_steps.publish(ctx, cert, state, state.publish_facts)
             state = state.evolve(issuer_records=tuple(sorted(issuers)))
             return rollover.after_publish(state, progress, retired), None
         case Action.CONFIRM:
             confirmed = dane_steps.confirm(ctx, cert, state)
             if confirmed is None:
-                return state, now + ctx.config.propagation.interval
+                from certman.dns.propagation import poll_pause
+
+                settings = ctx.config.propagation
+                waited = now - (state.tlsa.written_at or now)
+                pause = poll_pause(waited, settings.first_interval, settings.interval)
+                return state, now + pause
             return rollover.after_confirm(state, confirmed, policy), None
         case Action.CHECK_ARI:
             renew, recheck = renewal.check_ari(ctx, cert, state)

@@ -450,3 +450,56 @@ def mx1_serves_the_staged_key(store: Store) -> bool:
         return False
     target = target_served(*fleet_target(state))
     return any(r.host == "mx1" and r.served == target for r in read_reports(store))
+
+
+def test_a_leader_killed_after_its_tlsa_write_resumes_with_the_facts_saved_ahead(
+    testbed: Testbed, shared_name: None, aws: None, tmp_path: Path
+) -> None:
+    """Issue 10, defect 1 in fleet mode: the TTL goes from 3 s to 1 s and the leader dies right
+    after writing the new TLSA RRset, before the lineage records it. The lineage already holds
+    the facts about the RRset as it was (TTL 3), saved before the write; the resumed PUBLISH
+    uses them, so the swap still waits 2 x 3 s, not 2 x 1 s."""
+    configs = fleet_configs(testbed, tmp_path, make_bucket(testbed), lease_seconds=4)
+    bootstrap_fleet(configs)
+    for config in configs.values():
+        text = config.read_text()
+        assert "ttl = 3\n" in text
+        config.write_text(text.replace("ttl = 3\n", "ttl = 1\n"))
+    leader = subprocess.run(
+        [sys.executable, "-m", "certman", "--config", str(configs["mx1"]), "rollover", CERT,
+         "--compromised"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=180,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "CERTMAN_FAULT_LOG": str(tmp_path / "points.log"),
+            "CERTMAN_FAULT_KILL_AT": f"label:after DNS change {SHARED_TLSA} TLSA",
+        },
+    )  # fmt: skip
+    assert leader.returncode == -signal.SIGKILL, leader.stdout + leader.stderr
+    killed = lineage(configs["mx1"])
+    assert killed.phase is Phase.PUBLISH, killed
+    assert killed.publish_facts is not None and killed.publish_facts.ttl_before == 3
+    rrset = dns(testbed).read(SHARED_TLSA, "TLSA")
+    assert rrset is not None and rrset.ttl == 1  # the new RRset is out, its save is not
+    time.sleep(4.5)  # the dead leader's lease expires
+    deadline = time.time() + 60
+    resumed = lineage(configs["mx1"])
+    while resumed.phase is not Phase.AGE:  # the repeated PUBLISH, then CONFIRM
+        assert time.time() < deadline, resumed
+        run_ok(configs["mx1"], "run", "--max-wait", "0")
+        resumed = lineage(configs["mx1"])
+    tlsa = resumed.tlsa
+    assert tlsa.ttl_before == 3 and tlsa.ttl_after == 1, tlsa
+    assert tlsa.confirmed_at is not None and tlsa.not_before is not None
+    assert tlsa.not_before - tlsa.confirmed_at >= 2 * 3, tlsa  # not 2 x 1
+    after = resumed
+    while after.phase is not Phase.STEADY:  # the swap, then mx2 installs and reports
+        assert time.time() < deadline + 60, after
+        run_ok(configs["mx1"], "run", "--max-wait", "10")
+        run_ok(configs["mx2"], "run")
+        after = lineage(configs["mx1"])
+    assert after.current == resumed.next and after.last_error is None, after  # swapped
