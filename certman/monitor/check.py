@@ -11,17 +11,25 @@ that answers without validating is CRITICAL, since senders cannot use the record
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from certman.config.schema import CertificateConfig, Config, DhMode
 from certman.errors import CertmanError, DnsError, ResolverUnreachable
 from certman.lifecycle.state import Phase, State
 from certman.lifecycle.statefile import CertDir
-from certman.model import KeyType
+from certman.monitor.endpoints import (
+    WORKERS,
+    CachedRunner,
+    Endpoint,
+    Job,
+    Pool,
+    endpoints,
+    fetch,
+    postfix_for,
+)
 from certman.monitor.result import Item, Perf, Report, Severity
 from certman.monitor.state import Thresholds, expiry_item, state_items
 
@@ -29,54 +37,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from certman.dns.provider import RRset
-
-
-@dataclass
-class _Job:
-    """One unit of I/O in a daemon thread; ``value`` or ``error`` once ``done``."""
-
-    label: str
-    work: Callable[[], Any]
-    value: Any = None
-    error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> _Job:
-        def body() -> None:
-            try:
-                self.value = self.work()
-            except BaseException as exc:  # reported as this item's result, never lost
-                self.error = exc
-            finally:
-                self.done.set()
-
-        threading.Thread(target=body, name=f"check {self.label}", daemon=True).start()
-        return self
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    cert: str
-    host: str
-    port: int
-    address: str
-    kind: KeyType | None
-
-    @property
-    def subject(self) -> str:
-        return f"{self.host}:{self.port}" + (f" ({self.kind})" if self.kind else "")
-
-
-def endpoints(cert: CertificateConfig) -> list[Endpoint]:
-    if cert.dane is None:
-        return []
-    kinds: list[KeyType | None] = list(cert.key_types) if len(cert.key_types) > 1 else [None]
-    return [
-        Endpoint(cert.name, host, port, cert.dane.probe_address, kind)
-        for host in cert.dane.hosts
-        for port in cert.dane.ports
-        for kind in kinds
-    ]
+    from certman.postfix.commands import Postfix
 
 
 def run_check(
@@ -88,25 +49,40 @@ def run_check(
     only_postfix: bool = False,
     clock: Callable[[], float] = time.time,
 ) -> Report:
-    """Everything ``certman check`` reports, within ``timeout`` seconds in all."""
+    """Everything ``certman check`` reports, within ``timeout`` seconds in all.
+
+    Each distinct endpoint (address, port, protocol, SNI name) is probed once and each TLSA
+    name looked up once, whichever certificates share them; all I/O runs in one bounded pool.
+    """
     started = time.monotonic()
     deadline = started + timeout
     query_timeout = min(cfg.propagation.query_timeout, timeout)
     now = clock()
-    jobs: dict[str, _Job] = {}
+    jobs: dict[str, Job] = {}
+    pool = Pool(WORKERS)
+    runner = CachedRunner()
 
     def spawn(label: str, work: Callable[[], Any]) -> None:
-        jobs[label] = _Job(label, work).start()
+        if label not in jobs:
+            jobs[label] = pool.submit(Job(label, work))
 
     if postfix_audit or only_postfix:
         spawn("postfix", lambda: _postfix_items(cfg, query_timeout, only_postfix))
     certs = [] if only_postfix else list(cfg.certificates.values())
+    points: dict[str, list[Endpoint] | CertmanError] = {}
     for cert in certs:
-        spawn(f"state {cert.name}", functools.partial(_load_state, cfg, cert))
+        postfix = postfix_for(cfg, cert, runner, timeout)
+        spawn(f"state {cert.name}", functools.partial(_load_state, cert, postfix, cfg.state_dir))
         for name in cert.dane.tlsa_names() if cert.dane else ():
             spawn(f"tlsa {name}", functools.partial(_lookup, cfg, name, query_timeout))
-        for ep in endpoints(cert):
-            spawn(f"tls {ep.subject}", functools.partial(_fetch, ep, deadline))
+        try:
+            found = endpoints(cert, postfix)  # postconf only for master.cf services (cached)
+        except CertmanError as exc:
+            points[cert.name] = exc
+            continue
+        points[cert.name] = found
+        for ep in found:
+            spawn(ep.probe.label, functools.partial(fetch, ep.probe, deadline))
     if not only_postfix and cfg.dhparams.mode is not DhMode.OFF:
         spawn("dhparams", lambda: _dh_items(cfg, now))
     for job in jobs.values():
@@ -117,7 +93,7 @@ def run_check(
     for label in late:
         items.append(Item(Severity.UNKNOWN, "timeout", label, f"no answer within {timeout:g} s"))
     for cert in certs:
-        items += _certificate_items(cfg, cert, jobs, now, thresholds, perf)
+        items += _certificate_items(cert, points[cert.name], jobs, now, thresholds, perf)
     for label in ("postfix", "dhparams"):
         extra = jobs.get(label)
         if extra is not None and extra.done.is_set():
@@ -130,21 +106,14 @@ def _crashed(label: str, error: BaseException) -> Item:
 
 
 def _load_state(
-    cfg: Config, cert: CertificateConfig
+    cert: CertificateConfig, postfix: Postfix, state_dir: Path
 ) -> tuple[State, set[str] | None, str | None, str | None]:
     """The state, the SPKI digests of the keys every target's files hold (None if unreadable),
     the error reading them, and a note when they belong to certbot (issue 12)."""
-    from dataclasses import replace
-
     from certman import keys
-    from certman.postfix.commands import Postfix
     from certman.postfix.targets import foreign_owner, served_keys_for
 
-    state = CertDir.of(cfg.state_dir, cert.name).load(cert.name)
-    config = cfg.postfix
-    if cert.install.config_dir != config.config_dir:  # a postmulti instance
-        config = replace(config, config_dir=cert.install.config_dir, reload_command=None)
-    postfix = Postfix(config)
+    state = CertDir.of(state_dir, cert.name).load(cert.name)
     try:
         served = [s for t in cert.install.targets for s in served_keys_for(cert, postfix, t)]
     except CertmanError as exc:
@@ -160,13 +129,6 @@ def _lookup(cfg: Config, name: str, query_timeout: float) -> RRset | None:
     from certman.dns.propagation import validated_rrset
 
     return validated_rrset(name, "TLSA", cfg.resolvers, query_timeout)
-
-
-def _fetch(ep: Endpoint, deadline: float) -> list[x509.Certificate]:
-    from certman.dane.probe import fetch_chain
-
-    wait = max(1.0, min(10.0, deadline - time.monotonic()))
-    return fetch_chain(ep.address, ep.port, timeout=wait, key_type=ep.kind, server_name=ep.host)
 
 
 def _dh_items(cfg: Config, now: float) -> list[Item]:
@@ -225,9 +187,9 @@ def _postfix_items(cfg: Config, query_timeout: float, only_postfix: bool) -> lis
 
 
 def _certificate_items(
-    cfg: Config,
     cert: CertificateConfig,
-    jobs: dict[str, _Job],
+    points: list[Endpoint] | CertmanError,
+    jobs: dict[str, Job],
     now: float,
     t: Thresholds,
     perf: list[Perf],
@@ -262,6 +224,11 @@ def _certificate_items(
                 fix="`certman status`; `certman run` adopts only on its first run",
             )
         )
+    if isinstance(points, CertmanError):
+        items.append(Item(Severity.UNKNOWN, "tls", cert.name, f"no endpoints: {points}"))
+        points = []
+    for ep in points:
+        items += _endpoint_items(ep, state, jobs, now, t, perf)
     if cert.dane is None:
         for slot, info in state.certs.items():
             items.append(
@@ -275,13 +242,10 @@ def _certificate_items(
                 )
             )
         return items
-    items += _next_records(cert, state, jobs)
-    for ep in endpoints(cert):
-        items += _endpoint_items(ep, state, jobs, now, t, perf)
-    return items
+    return items + _next_records(cert, state, jobs)
 
 
-def _rrset(jobs: dict[str, _Job], name: str) -> tuple[RRset | None, Item | None]:
+def _rrset(jobs: dict[str, Job], name: str) -> tuple[RRset | None, Item | None]:
     job = jobs[f"tlsa {name}"]
     if not job.done.is_set():
         return None, Item(Severity.UNKNOWN, "tlsa", name, "lookup did not finish")
@@ -306,7 +270,7 @@ def _rrset(jobs: dict[str, _Job], name: str) -> tuple[RRset | None, Item | None]
     return job.value, None
 
 
-def _next_records(cert: CertificateConfig, state: State, jobs: dict[str, _Job]) -> list[Item]:
+def _next_records(cert: CertificateConfig, state: State, jobs: dict[str, Job]) -> list[Item]:
     """In steady state every next key must already be published (RFC 7671 §8.1, current +
     next): otherwise the next rollover has to wait 2 x TTL first, or an unplanned one breaks."""
     if state.phase is not Phase.STEADY or cert.dane is None:
@@ -331,22 +295,55 @@ def _next_records(cert: CertificateConfig, state: State, jobs: dict[str, _Job]) 
     return items
 
 
+def _stale(ep: Endpoint, state: State, leaf: x509.Certificate) -> list[Item]:
+    """The target serves a key certman does not know, or not the certificate certman installed
+    (an install that did not reach this service, a reload missing, a hand edit)."""
+    from certman.keys import cert_spki_sha256
+
+    if state.phase is Phase.NEW:
+        return []
+    known = {k.spki_sha256 for k in (*state.current.values(), *state.next.values())}
+    if cert_spki_sha256(leaf) not in known:
+        return [
+            Item(
+                Severity.WARNING,
+                "served",
+                ep.subject,
+                f"{ep.target} serves a key certman does not know",
+                why="certman would not keep its TLSA record",
+            )
+        ]
+    slots = [ep.kind.value] if ep.kind else list(state.certs)
+    info = state.certs.get(slots[0]) if len(slots) == 1 else None
+    serial = f"{leaf.serial_number:x}"
+    if state.phase is not Phase.STEADY or info is None or info.serial == serial:
+        return []
+    return [
+        Item(
+            Severity.WARNING,
+            "served",
+            ep.subject,
+            f"{ep.target} serves certificate {serial}, not {info.serial} that certman installed",
+            fix="`postfix reload`; `certman status`",
+        )
+    ]
+
+
 def _endpoint_items(
     ep: Endpoint,
     state: State,
-    jobs: dict[str, _Job],
+    jobs: dict[str, Job],
     now: float,
     t: Thresholds,
     perf: list[Perf],
 ) -> list[Item]:
     from certman.dane.tlsa import record_matches, unmatched_combinations, usable_records
-    from certman.keys import cert_spki_sha256
 
-    fetched = jobs[f"tls {ep.subject}"]
+    fetched = jobs[ep.probe.label]
     if not fetched.done.is_set():
         return []
     if fetched.error is not None:
-        return [Item(Severity.CRITICAL, "tls", ep.subject, str(fetched.error))]
+        return [Item(Severity.CRITICAL, "tls", ep.subject, f"{ep.target}: {fetched.error}")]
     chain: list[x509.Certificate] = fetched.value
     leaf = chain[0]
     items = [
@@ -361,17 +358,9 @@ def _endpoint_items(
     ]
     left = (leaf.not_valid_after_utc.timestamp() - now) / 86400
     perf.append(Perf(f"{ep.subject} days", round(left, 2), "", None, t.expiry_critical_days))
-    known = {k.spki_sha256 for k in (*state.current.values(), *state.next.values())}
-    if state.phase is not Phase.NEW and cert_spki_sha256(leaf) not in known:
-        items.append(
-            Item(
-                Severity.WARNING,
-                "served",
-                ep.subject,
-                "serves a key certman does not know",
-                why="certman would not keep its TLSA record",
-            )
-        )
+    items += _stale(ep, state, leaf)
+    if not ep.dane:
+        return items
     rrset, problem = _rrset(jobs, f"_{ep.port}._tcp.{ep.host}")
     if problem is not None:
         return [*items, problem]

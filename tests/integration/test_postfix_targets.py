@@ -277,3 +277,50 @@ def test_one_run_switches_every_target_with_one_reload(
         assert f"{chain[0].serial_number:x}" == staged_serial, name
         ok, output = posttls_finger(testbed, host, MX1, options, port=port)
         assert ok, f"{name}: {output}"
+
+
+def test_check_probes_every_target_and_reports_a_stale_service(
+    testbed: Testbed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One certificate on main.cf (25, DANE) and on submissions (465, implicit TLS, no TLSA):
+    `certman check` probes 465 too, with implicit TLS, and reports the service when it serves
+    an older certificate than certman installed (before, check probed only [dane] ports)."""
+    pf = testbed.postfix["mx1"]
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    initial = str(pf.initial_chain_file)
+    postfix.set({"smtpd_tls_chain_files": initial})
+    postfix.set_service("submissions/inet", {"smtpd_tls_chain_files": initial})
+    postfix.reload()
+    block = _cert_block(testbed, tmp_path, "mx1", pf.host, 25, "main.cf", pf.config_dir, MX1)
+    block = block.replace('targets = ["main.cf"]', 'targets = ["main.cf", "submissions/inet"]')
+    config = tmp_path / "certman.toml"
+    config.write_text(config_header(testbed, tmp_path, pf.config_dir) + block)
+    dns = rfc2136(testbed, config)
+    dns.delete(f"_25._tcp.{pf.host}", "TLSA")
+    try:
+        assert main(["--config", str(config), "run"]) == 0
+        assert main(["--config", str(config), "run", "--max-wait", "120"]) == 0
+        state = state_of(config, "mx1")
+        installed = state.certs["ecdsa-p256"].serial  # type: ignore[attr-defined]
+        capsys.readouterr()
+        main(["--config", str(config), "check"])
+        out = capsys.readouterr().out
+        assert "mx1.dane.test:465" not in out.split(" | ")[0], out
+        assert "OK: tlsa: mx1.dane.test:25: chain matches" in out, out
+
+        postfix.set_service("submissions/inet", {"smtpd_tls_chain_files": initial})
+        postfix.reload()
+        old = fetch_chain(MX1, 465, timeout=5, server_name=pf.host, implicit_tls=True)[0]
+        assert f"{old.serial_number:x}" != installed
+        code = main(["--config", str(config), "check"])
+        out = capsys.readouterr().out
+        assert code == 1, out
+        assert (
+            f"WARNING: served: mx1.dane.test:465: submissions/inet serves certificate "
+            f"{old.serial_number:x}, not {installed} that certman installed"
+        ) in out, out
+        assert "mx1.dane.test:25: main.cf serves" not in out, out
+    finally:
+        dns.delete(f"_25._tcp.{pf.host}", "TLSA")
+        postfix.unset_service("submissions/inet", "smtpd_tls_chain_files")
+        postfix.reload()
