@@ -111,14 +111,14 @@ class Probe:
     address: str
     port: int
     implicit_tls: bool
-    server_name: str
+    server_name: str | None  # None: the listener has no tls_server_sni_maps, no name matters
     kind: KeyType | None
 
     @property
     def label(self) -> str:
         tls = "tls" if self.implicit_tls else "starttls"
         kind = f" {self.kind}" if self.kind else ""
-        return f"tls {self.address}:{self.port} {tls} {self.server_name}{kind}"
+        return f"tls {self.address}:{self.port} {tls} {self.server_name or '(no SNI)'}{kind}"
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,8 @@ class Endpoint:
     address: str
     kind: KeyType | None
     implicit_tls: bool = False
-    dane: bool = True
+    dane: bool = True  # the port is one of [dane] ports: the chain must match its TLSA RRset
+    by_name: bool = True  # the listener picks its certificate by SNI (tls_server_sni_maps)
 
     @property
     def subject(self) -> str:
@@ -140,7 +141,10 @@ class Endpoint:
 
     @property
     def probe(self) -> Probe:
-        return Probe(self.address, self.port, self.implicit_tls, self.host, self.kind)
+        """Without tls_server_sni_maps Postfix ignores the SNI name (postconf(5)), so every name
+        on one listener gets the same chain: one probe, sent without a name, serves them all."""
+        name = self.host if self.by_name else None
+        return Probe(self.address, self.port, self.implicit_tls, name, self.kind)
 
 
 def probe_address(cert: CertificateConfig) -> str:
@@ -154,8 +158,12 @@ def endpoints(cert: CertificateConfig, postfix: Postfix) -> list[Endpoint]:
     """Every endpoint of every install target (postfix/targets.py ``endpoints``: the service's
     port, STARTTLS or implicit TLS, the SNI name), once per DANE host name clients send
     (RFC 7672 §8.1) where the target is not an SNI name of its own."""
+    from certman.postfix.targets import SNI_MAPS, effective
     from certman.postfix.targets import endpoints as target_endpoints
 
+    by_name = {
+        str(t): bool(effective(postfix, t, SNI_MAPS).get(SNI_MAPS)) for t in cert.install.targets
+    }
     kinds: list[KeyType | None] = list(cert.key_types) if len(cert.key_types) > 1 else [None]
     dane_ports = cert.dane.ports if cert.dane else ()
     default_name = cert.dane.hosts[0] if cert.dane else None
@@ -176,6 +184,7 @@ def endpoints(cert: CertificateConfig, postfix: Postfix) -> list[Endpoint]:
                     kind,
                     point.implicit_tls,
                     point.port in dane_ports,
+                    by_name[point.target],
                 )
                 if ep not in out:
                     out.append(ep)
