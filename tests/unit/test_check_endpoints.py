@@ -65,8 +65,12 @@ def test_every_target_is_an_endpoint_with_its_port_protocol_and_name(tmp_path: P
     """main.cf: each DANE host on each DANE port; a service: its own port, implicit TLS when it
     runs with smtpd_tls_wrappermode; an SNI target: its own name."""
 
+    sni_maps = [""]
+
     def postconf(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        if "-M" in argv:
+        if argv[-1] == "tls_server_sni_maps":
+            out = sni_maps[0]
+        elif "-M" in argv:
             out = "submissions inet n - y - - smtpd -o smtpd_tls_wrappermode=yes\n"
         elif "-P" in argv:
             out = "submissions/inet/smtpd_tls_wrappermode = yes\n"
@@ -90,3 +94,12 @@ def test_every_target_is_an_endpoint_with_its_port_protocol_and_name(tmp_path: P
         ("submissions/inet", "mx2.example.org", 465, True, False),
         ("sni:mail.example.org", "mail.example.org", 25, False, True),
     ]
+    # Without tls_server_sni_maps the name selects nothing: one probe per listener, no SNI sent.
+    probes = {e.probe for e in endpoints(cert, postfix)}
+    assert {(p.port, p.implicit_tls, p.server_name) for p in probes} == {
+        (25, False, None),
+        (465, True, None),
+    }
+    sni_maps[0] = "tls_server_sni_maps = hash:/etc/postfix/sni\n"
+    probes = {e.probe for e in endpoints(cert, postfix)}
+    assert len(probes) == 5 and all(p.server_name for p in probes)
