@@ -207,10 +207,39 @@ def _ca(cfg: Config) -> list[Finding]:
 # --- Postfix ----------------------------------------------------------------------------------
 
 
+def _too_old(cert: CertificateConfig, config_dir: str, version: str) -> list[Finding]:
+    """One line per setting the instance's Postfix cannot run: smtpd_tls_chain_files and
+    tls_server_sni_maps exist since Postfix 3.4 (postconf(5))."""
+    from certman.postfix.commands import version_tuple
+
+    if version_tuple(version) >= (3, 4):
+        return []
+    where = f"certificates.{cert.name}.postfix"
+    runs = f"{config_dir} runs Postfix {version}"
+    findings = [
+        Finding(
+            Verdict.FAIL,
+            f"{where}.targets: {t} needs Postfix 3.4 or later (tls_server_sni_maps); {runs}; "
+            "fix: serve the name from a main.cf or master.cf target, or upgrade Postfix",
+        )
+        for t in cert.install.targets
+        if t.kind is TargetKind.SNI
+    ]
+    if cert.install.layout is Layout.CHAIN_FILES:
+        targets = ", ".join(str(t) for t in cert.install.targets)
+        findings.append(
+            Finding(
+                Verdict.FAIL,
+                f"{where}.layout: chain-files for {targets} needs Postfix 3.4 or later "
+                f'(smtpd_tls_chain_files); {runs}; fix: layout = "key-cert", or upgrade Postfix',
+            )
+        )
+    return findings
+
+
 def _postfix(ctx: Context, cert: CertificateConfig) -> list[Finding]:
     from certman.dane.probe import fetch_chain
     from certman.lifecycle.steps.deploy import probe_address
-    from certman.postfix.commands import version_tuple
     from certman.postfix.targets import endpoints
 
     where = f"certificates.{cert.name}"
@@ -220,18 +249,7 @@ def _postfix(ctx: Context, cert: CertificateConfig) -> list[Finding]:
         points = endpoints(cert, postfix)
     except CertmanError as exc:
         return [Finding(Verdict.FAIL, f"{where}: {exc}")]
-    findings = []
-    needs_34 = cert.install.layout is Layout.CHAIN_FILES or any(
-        t.kind is TargetKind.SNI for t in cert.install.targets
-    )
-    if needs_34 and version_tuple(version) < (3, 4):
-        findings.append(
-            Finding(
-                Verdict.FAIL,
-                f"{where}: {postfix.config_dir} runs Postfix {version}; chain-files and SNI need "
-                '3.4 or later: use layout = "key-cert" and main.cf or master.cf targets',
-            )
-        )
+    findings = _too_old(cert, postfix.config_dir, version)
     address = probe_address(cert)
     for point in points:
         label = f"{where} {point.target}: {address}:{point.port}"
