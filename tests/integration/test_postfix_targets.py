@@ -324,3 +324,51 @@ def test_check_probes_every_target_and_reports_a_stale_service(
         dns.delete(f"_25._tcp.{pf.host}", "TLSA")
         postfix.unset_service("submissions/inet", "smtpd_tls_chain_files")
         postfix.reload()
+
+
+@pytest.mark.parametrize("service_setting", ["inherited", "same files"])
+def test_a_service_certificate_never_adopts_the_key_of_main_cf_certificate(
+    testbed: Testbed, tmp_path: Path, service_setting: str
+) -> None:
+    """mx1 on main.cf and smtps on submissions (465), adopted in the same first run, while the
+    service serves main.cf's files (no -o of its own, or an -o naming the same files). smtps
+    must not adopt mx1's key as its current key: two certificates would share one key and each
+    stage next keys for it. It generates its own and says why."""
+    pf = testbed.postfix["mx1"]
+    postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
+    initial = str(pf.initial_chain_file)
+    postfix.set({"smtpd_tls_chain_files": initial})
+    postfix.unset_service("submissions/inet", "smtpd_tls_chain_files")
+    if service_setting == "same files":
+        postfix.set_service("submissions/inet", {"smtpd_tls_chain_files": initial})
+    postfix.reload()
+    config = tmp_path / "certman.toml"
+    config.write_text(
+        config_header(testbed, tmp_path, pf.config_dir)
+        + _cert_block(testbed, tmp_path, "smtps", *TARGETS["smtps"][:3], pf.config_dir, MX1)
+        + _cert_block(testbed, tmp_path, "mx1", *TARGETS["mx1"][:3], pf.config_dir, MX1)
+    )
+    dns = rfc2136(testbed, config)
+    names = [("smtps.dane.test", 465), ("mx1.dane.test", 25)]
+    for host, port in names:
+        dns.delete(f"_{port}._tcp.{host}", "TLSA")
+    try:
+        assert main(["--config", str(config), "run"]) == 0
+        mx1, smtps = state_of(config, "mx1"), state_of(config, "smtps")
+        served_key = served(pf.host, 25)
+        assert mx1.current["ecdsa-p256"].spki_sha256 == served_key  # type: ignore[attr-defined]
+        own = smtps.current["ecdsa-p256"].spki_sha256  # type: ignore[attr-defined]
+        assert own != served_key
+        held = {
+            k.spki_sha256
+            for s in (mx1, smtps)
+            for k in (*s.current.values(), *s.next.values())  # type: ignore[attr-defined]
+        }
+        assert len(held) == 4  # no key held twice
+        note = " ".join(smtps.history)  # type: ignore[attr-defined]
+        assert "submissions/inet serves" in note and "generated its own key" in note, note
+    finally:
+        for host, port in names:
+            dns.delete(f"_{port}._tcp.{host}", "TLSA")
+        postfix.unset_service("submissions/inet", "smtpd_tls_chain_files")
+        postfix.reload()

@@ -5,6 +5,7 @@ Each action is idempotent: ``engine.advance`` may repeat it after a crash before
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from certman.lifecycle.context import Context
-    from certman.postfix.commands import ServedKey
+    from certman.postfix.commands import Postfix, ServedKey
 
 
 def new_key(cdir: CertDir, kind: KeyType, now: float) -> KeyInfo:
@@ -51,6 +52,10 @@ def adopt(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) ->
     if pin and any([pin_service(postfix, t) for t in cert.install.targets]):
         postfix.reload()
         ctx.progress(f"{cert.name}: master.cf service now keeps its TLS files if main.cf changes")
+    claimed = _claimed_by_another(ctx, cert, postfix, found_keys)
+    if claimed:
+        ctx.progress(f"{cert.name}: {claimed}; generating its own key instead of sharing that one")
+        served = {}
     owner = foreign_owner([s.source_path for s in found_keys])
     if owner:
         ctx.progress(
@@ -76,7 +81,48 @@ def adopt(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) ->
     if certs:
         due = any(_needs_replacing(cert, info) for info in certs.values())
         state = state.evolve(renew_after=now if due else renew_after(cert, state))
+    if claimed:
+        return state.note(now, f"{claimed}: generated its own key; next key staged")
     return state.note(now, "adopted the served state; next key staged")
+
+
+def _claimed_by_another(
+    ctx: Context, cert: CertificateConfig, postfix: Postfix, found: list[ServedKey]
+) -> str | None:
+    """Why the files ``cert``'s first target serves belong to another certificate, or None.
+
+    A master.cf service without its own ``-o`` settings serves main.cf's files (master(5)), and
+    an override may name another target's files: adopting that key would make two certificates
+    share one key, each staging its own next key for it and rolling it independently. The other
+    certificate need not have run yet (the same first run), nor be on the same target still (a
+    key another certificate already holds as current or next).
+    """
+    from certman.postfix.targets import served_file_paths
+
+    if not found:
+        return None
+    mine = {os.path.realpath(s.source_path) for s in found}
+    spkis = {
+        keys.spki_sha256(keys.load_private_key(s.private_key_pem, s.source_path).public_key())
+        for s in found
+    }
+    target = cert.install.targets[0]
+    for other in ctx.config.certificates.values():
+        if other.name == cert.name or other.install.config_dir != cert.install.config_dir:
+            continue
+        for theirs in other.install.targets:
+            if theirs == target:
+                continue
+            files = {os.path.realpath(p) for p in served_file_paths(postfix, theirs)}
+            if mine & files:
+                return f"{target} serves the files of {other.name}'s target {theirs}"
+        try:
+            held = CertDir.of(ctx.config.state_dir, other.name).load(other.name)
+        except CertmanError:
+            continue  # its own run reports an unreadable state
+        if spkis & {k.spki_sha256 for k in (*held.current.values(), *held.next.values())}:
+            return f"{target} serves a key certificate {other.name} holds"
+    return None
 
 
 def _adopt_served(cdir: CertDir, served: ServedKey, now: float) -> tuple[KeyInfo, CertInfo]:
