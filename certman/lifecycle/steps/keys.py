@@ -113,7 +113,10 @@ def _claimed_by_another(
         for theirs in other.install.targets:
             if theirs == target:
                 continue
-            files = {os.path.realpath(p) for p in served_file_paths(postfix, theirs)}
+            try:
+                files = {os.path.realpath(p) for p in served_file_paths(postfix, theirs)}
+            except CertmanError:
+                continue  # that certificate's own run reports its unreadable target
             if mine & files:
                 return f"{target} serves the files of {other.name}'s target {theirs}"
         try:
