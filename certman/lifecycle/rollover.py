@@ -105,6 +105,12 @@ def _idle(state: State, now: float, policy: Policy, request: Operation | None) -
         return Step(
             Action.BEGIN, "retry the rolled-back key rollover", operation=Operation.ROLLOVER
         )
+    if state.own_key_due and state.certs:  # adopted another certificate's key (issue 12)
+        return Step(
+            Action.BEGIN,
+            "the served key is another certificate's: roll to this certificate's own key",
+            operation=Operation.ROLLOVER,
+        )
     if not state.certs or set(state.current) - set(state.certs):
         # e.g. a dual RSA + ECDSA setup adopted from a host that served only one key type
         return Step(Action.BEGIN, "a served key has no certificate yet", operation=Operation.RENEW)
@@ -237,6 +243,7 @@ def after_verify(state: State, now: float, renew_after: float | None, grace: flo
             previous=state.current,
             current=state.next,
             next={},
+            own_key_due=False,
             next_ready_at=None,
             operation=Operation.RETIRE,
             phase=Phase.AGE,

@@ -85,6 +85,9 @@ class State:
     # Files switched, Postfix not yet reloaded: VERIFY reloads first (or `certman run`'s one
     # reload per instance covers it). A crash in between only repeats the reload.
     reload_pending: bool = False
+    # Adopted a key another certificate owns (a service inheriting main.cf's files): roll to
+    # this certificate's own next key as soon as the bootstrap is done (issue 12).
+    own_key_due: bool = False
 
     def evolve(self, **changes: Any) -> State:
         return replace(self, **changes)
@@ -175,6 +178,7 @@ def from_json(data: dict[str, Any], where: str) -> State:
             failures=int(data.get("failures", 0)),
             ca_retry_after=data.get("ca_retry_after"),
             reload_pending=data.get("reload_pending", False) is True,
+            own_key_due=data.get("own_key_due", False) is True,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CertmanError(f"{where}: corrupt state file ({exc!r})") from None

@@ -327,13 +327,14 @@ def test_check_probes_every_target_and_reports_a_stale_service(
 
 
 @pytest.mark.parametrize("service_setting", ["inherited", "same files"])
-def test_a_service_certificate_never_adopts_the_key_of_main_cf_certificate(
+def test_a_service_certificate_rolls_from_main_cf_key_to_its_own(  # noqa: PLR0915
     testbed: Testbed, tmp_path: Path, service_setting: str
 ) -> None:
     """mx1 on main.cf and smtps on submissions (465), adopted in the same first run, while the
-    service serves main.cf's files (no -o of its own, or an -o naming the same files). smtps
-    must not adopt mx1's key as its current key: two certificates would share one key and each
-    stage next keys for it. It generates its own and says why."""
+    service serves main.cf's files (no -o of its own, or an -o naming the same files). main.cf
+    owns that key. smtps adopts it only for as long as 465 serves it (so its TLSA RRset matches
+    what is served), then rolls to a key of its own; no key ends up held by both, and neither
+    port ever fails a DANE prober."""
     pf = testbed.postfix["mx1"]
     postfix = Postfix(PostfixConfig(pf.config_dir, "postconf", "postfix", None))
     initial = str(pf.initial_chain_file)
@@ -352,21 +353,54 @@ def test_a_service_certificate_never_adopts_the_key_of_main_cf_certificate(
     names = [("smtps.dane.test", 465), ("mx1.dane.test", 25)]
     for host, port in names:
         dns.delete(f"_{port}._tcp.{host}", "TLSA")
+    dns.replace(RRset.of("smtps.dane.test", "A", 3, [MX1]))
     try:
-        assert main(["--config", str(config), "run"]) == 0
-        mx1, smtps = state_of(config, "mx1"), state_of(config, "smtps")
         served_key = served(pf.host, 25)
+        assert main(["--config", str(config), "run", "--max-wait", "0"]) == 0
+        mx1, smtps = state_of(config, "mx1"), state_of(config, "smtps")
         assert mx1.current["ecdsa-p256"].spki_sha256 == served_key  # type: ignore[attr-defined]
-        own = smtps.current["ecdsa-p256"].spki_sha256  # type: ignore[attr-defined]
-        assert own != served_key
-        held = {
-            k.spki_sha256
-            for s in (mx1, smtps)
-            for k in (*s.current.values(), *s.next.values())  # type: ignore[attr-defined]
-        }
-        assert len(held) == 4  # no key held twice
+        assert not mx1.own_key_due  # type: ignore[attr-defined]
+        assert smtps.current["ecdsa-p256"].spki_sha256 == served_key  # type: ignore[attr-defined]
+        assert smtps.own_key_due  # type: ignore[attr-defined]
         note = " ".join(smtps.history)  # type: ignore[attr-defined]
-        assert "submissions/inet serves" in note and "generated its own key" in note, note
+        assert "submissions/inet serves" in note and "its own key" in note, note
+        deadline = time.time() + 60
+        # The probers start once a DANE client can see both names' records (A and TLSA).
+        while not all(
+            posttls_finger(testbed, host, MX1, ("-w",) if port == 465 else (), port=port)[0]
+            for host, port in names
+        ):
+            assert time.time() < deadline, "records never became visible to the resolver"
+            main(["--config", str(config), "run", "--max-wait", "0"])
+            time.sleep(1)
+        probers = [
+            Prober(testbed, "smtps.dane.test", MX1, options=("-w",), port=465),
+            Prober(testbed, pf.host, MX1, port=25),
+        ]
+        with ExitStack() as stack:
+            for prober in probers:
+                stack.enter_context(prober.running())
+            deadline = time.time() + 120
+            while True:
+                assert main(["--config", str(config), "run", "--max-wait", "30"]) == 0
+                smtps = state_of(config, "smtps")
+                if smtps.phase is Phase.STEADY and not smtps.own_key_due:  # type: ignore[attr-defined]
+                    break
+                assert time.time() < deadline, smtps
+            time.sleep(7)  # 2 x TTL + 1: the retired record leaves the caches meanwhile
+        mx1 = state_of(config, "mx1")
+        held = [
+            k.spki_sha256
+            for st in (mx1, smtps)
+            for k in (*st.current.values(), *st.next.values())  # type: ignore[attr-defined]
+        ]
+        assert len(held) == len(set(held)) == 4, held  # no key held twice
+        own = smtps.current["ecdsa-p256"].spki_sha256  # type: ignore[attr-defined]
+        assert own != served_key and served("smtps.dane.test", 465, implicit=True) == own
+        assert served(pf.host, 25) == mx1.current["ecdsa-p256"].spki_sha256  # type: ignore[attr-defined]
+        for prober in probers:
+            assert len(prober.results) >= 5, prober.host
+            assert prober.failures == [], (prober.host, prober.failures[:3])
     finally:
         for host, port in names:
             dns.delete(f"_{port}._tcp.{host}", "TLSA")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certman import keys
-from certman.config.schema import CertificateConfig
+from certman.config.schema import CertificateConfig, Target, TargetKind
 from certman.errors import CertmanError
 from certman.fsutil import atomic_write, private_dir
 from certman.lifecycle.renewal import renew_after
@@ -52,10 +52,12 @@ def adopt(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) ->
     if pin and any([pin_service(postfix, t) for t in cert.install.targets]):
         postfix.reload()
         ctx.progress(f"{cert.name}: master.cf service now keeps its TLS files if main.cf changes")
+    # The key another certificate owns is adopted all the same: it is what this target serves,
+    # so its record must stay in this certificate's TLSA RRsets until the target serves another
+    # key. A key rollover to this certificate's own next key follows the bootstrap at once.
     claimed = _claimed_by_another(ctx, cert, postfix, found_keys)
     if claimed:
-        ctx.progress(f"{cert.name}: {claimed}; generating its own key instead of sharing that one")
-        served = {}
+        ctx.progress(f"{cert.name}: {claimed}; adopting it until its own key is live")
     owner = foreign_owner([s.source_path for s in found_keys])
     if owner:
         ctx.progress(
@@ -81,8 +83,9 @@ def adopt(ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State) ->
     if certs:
         due = any(_needs_replacing(cert, info) for info in certs.values())
         state = state.evolve(renew_after=now if due else renew_after(cert, state))
-    if claimed:
-        return state.note(now, f"{claimed}: generated its own key; next key staged")
+    if claimed and certs and cert.dane is not None:  # without DANE no record ties it down
+        state = state.evolve(own_key_due=True)
+        return state.note(now, f"{claimed}: adopted until its own key is rolled in")
     return state.note(now, "adopted the served state; next key staged")
 
 
@@ -111,14 +114,16 @@ def _claimed_by_another(
         if other.name == cert.name or other.install.config_dir != cert.install.config_dir:
             continue
         for theirs in other.install.targets:
-            if theirs == target:
-                continue
+            if _rank(other, theirs) >= _rank(cert, target):
+                continue  # the files are ours: main.cf before a service, a service before SNI
             try:
                 files = {os.path.realpath(p) for p in served_file_paths(postfix, theirs)}
             except CertmanError:
                 continue  # that certificate's own run reports its unreadable target
             if mine & files:
                 return f"{target} serves the files of {other.name}'s target {theirs}"
+        if _rank(other, other.install.targets[0]) >= _rank(cert, target):
+            continue  # this certificate owns the key; the other one rolls away from it
         try:
             held = CertDir.of(ctx.config.state_dir, other.name).load(other.name)
         except CertmanError:
@@ -126,6 +131,13 @@ def _claimed_by_another(
         if spkis & {k.spki_sha256 for k in (*held.current.values(), *held.next.values())}:
             return f"{target} serves a key certificate {other.name} holds"
     return None
+
+
+def _rank(cert: CertificateConfig, target: Target) -> tuple[int, str]:
+    """Who owns files two targets serve: main.cf's certificate (services inherit main.cf's
+    settings, master(5)), then a master.cf service's, then an SNI name's; then the name."""
+    order = {TargetKind.MAIN: 0, TargetKind.SERVICE: 1, TargetKind.SNI: 2}
+    return order[target.kind], cert.name
 
 
 def _adopt_served(cdir: CertDir, served: ServedKey, now: float) -> tuple[KeyInfo, CertInfo]:
