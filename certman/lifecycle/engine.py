@@ -262,29 +262,58 @@ def _save_failure(cdir: CertDir, state: State) -> None:
 def _perform(
     ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, step: Step, policy: Policy
 ) -> tuple[State, float | None]:
+    """The actions that touch this host; the rest are ``perform_shared``'s."""
     from certman.lifecycle import renewal
     from certman.lifecycle.steps import dane as dane_steps
     from certman.lifecycle.steps import deploy
-    from certman.lifecycle.steps import issue as issue_steps
     from certman.lifecycle.steps import keys as key_steps
 
     now = ctx.clock()
     match step.action:
         case Action.ADOPT:
             return rollover.after_adopt(key_steps.adopt(ctx, cert, cdir, state), policy), None
-        case Action.BEGIN:
-            assert step.operation is not None
-            state = key_steps.prepare_keys(ctx, cert, cdir, state, step.operation)
-            return rollover.begin(state, step.operation, now, policy), None
         case Action.PUBLISH:
             state = key_steps.ensure_next_keys(ctx, cert, cdir, state)
             if state.publish_facts is None:
                 # Write-ahead: the facts about DNS as it was are saved before the first write.
                 state = state.evolve(publish_facts=dane_steps.facts_before(ctx, cert))
                 cdir.save(state)
-            assert state.publish_facts is not None
-            facts = state.publish_facts
-            progress, retired, issuers = dane_steps.publish(ctx, cert, state, facts)
+        case Action.INSTALL:
+            state, installed = deploy.install(ctx, cert, cdir, state)
+            return (state.evolve(phase=Phase.VERIFY) if installed else state), None
+        case Action.VERIFY:
+            state = deploy.reload(ctx, cert, state)
+            error = deploy.verify(ctx, cert, state)
+            if error is None:
+                renew = renewal.renew_after(cert, state)
+                return rollover.after_verify(state, now, renew, policy.margin), None
+            return state.evolve(phase=Phase.ROLLBACK, last_error=error), None
+        case Action.ROLLBACK:
+            error = state.last_error or "verification failed"
+            deploy.rollback(ctx, cert, state)
+            return rollover.after_rollback(state, ctx.clock(), error, policy), None
+    return perform_shared(ctx, cert, cdir, state, step, policy)
+
+
+def perform_shared(
+    ctx: Context, cert: CertificateConfig, cdir: CertDir, state: State, step: Step, policy: Policy
+) -> tuple[State, float | None]:
+    """The actions a single host and a fleet's leader perform alike (keys in ``cdir``): BEGIN,
+    PUBLISH (its facts saved ahead by the caller), CONFIRM, CHECK_ARI, FINISH, ISSUE."""
+    from certman.lifecycle import renewal
+    from certman.lifecycle.steps import dane as dane_steps
+    from certman.lifecycle.steps import issue as issue_steps
+    from certman.lifecycle.steps import keys as key_steps
+
+    now = ctx.clock()
+    match step.action:
+        case Action.BEGIN:
+            assert step.operation is not None
+            state = key_steps.prepare_keys(ctx, cert, cdir, state, step.operation)
+            return rollover.begin(state, step.operation, now, policy), None
+        case Action.PUBLISH:
+            assert state.publish_facts is not None  # saved before the first DNS write
+            progress, retired, issuers = dane_steps.publish(ctx, cert, state, state.publish_facts)
             state = state.evolve(issuer_records=tuple(sorted(issuers)))
             return rollover.after_publish(state, progress, retired), None
         case Action.CONFIRM:
@@ -305,18 +334,4 @@ def _perform(
         case Action.ISSUE:
             staged = issue_steps.issue(ctx, cert, cdir, state)
             return rollover.after_issue(state, dict(staged)), None
-        case Action.INSTALL:
-            state, installed = deploy.install(ctx, cert, cdir, state)
-            return (state.evolve(phase=Phase.VERIFY) if installed else state), None
-        case Action.VERIFY:
-            state = deploy.reload(ctx, cert, state)
-            error = deploy.verify(ctx, cert, state)
-            if error is None:
-                renew = renewal.renew_after(cert, state)
-                return rollover.after_verify(state, now, renew, policy.margin), None
-            return state.evolve(phase=Phase.ROLLBACK, last_error=error), None
-        case Action.ROLLBACK:
-            error = state.last_error or "verification failed"
-            deploy.rollback(ctx, cert, state)
-            return rollover.after_rollback(state, ctx.clock(), error, policy), None
     raise AssertionError(f"unhandled step {step}")

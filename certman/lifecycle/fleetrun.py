@@ -23,7 +23,7 @@ from certman.fleet import lease as leases
 from certman.fleet.reports import readiness
 from certman.fleet.store import LostRace, Store, default_client_factory
 from certman.lifecycle import rollover
-from certman.lifecycle.engine import failure_state, policy_for, unexpected
+from certman.lifecycle.engine import failure_state, perform_shared, policy_for, unexpected
 from certman.lifecycle.fleethost import (
     Fleet,
     HostResult,
@@ -245,9 +245,7 @@ def _perform_guarded(
 
 
 def _perform(fleet: Fleet, state: State, step: Step, policy: Policy) -> tuple[State, float | None]:
-    from certman.lifecycle import renewal
-    from certman.lifecycle.steps import dane as dane_steps
-    from certman.lifecycle.steps import issue as issue_steps
+    """The leader's own ADOPT, INSTALL, VERIFY and ROLLBACK; the rest as on a single host."""
     from certman.lifecycle.steps import keys as key_steps
 
     ctx, cert, wdir = fleet.ctx, fleet.cert, fleet.lead_dir
@@ -264,35 +262,9 @@ def _perform(fleet: Fleet, state: State, step: Step, policy: Policy) -> tuple[St
             state = state.evolve(current=current, next=nxt, certs={})
             state = state.note(now, f"fleet lineage created by {fleet.me}")
             return rollover.after_adopt(state, policy), None
-        case Action.BEGIN:
-            assert step.operation is not None
-            state = key_steps.prepare_keys(ctx, cert, wdir, state, step.operation)
-            return rollover.begin(state, step.operation, now, policy), None
         case Action.PUBLISH:
             state = key_steps.ensure_next_keys(ctx, cert, wdir, state)
-            _copy_keys(fleet, state)
-            assert state.publish_facts is not None  # saved ahead of the write (_write_ahead)
-            progress, retired, issuers = dane_steps.publish(ctx, cert, state, state.publish_facts)
-            state = state.evolve(issuer_records=tuple(sorted(issuers)))
-            return rollover.after_publish(state, progress, retired), None
-        case Action.CONFIRM:
-            confirmed = dane_steps.confirm(ctx, cert, state)
-            if confirmed is None:
-                from certman.dns.propagation import poll_pause
-
-                settings = ctx.config.propagation
-                waited = now - (state.tlsa.written_at or now)
-                pause = poll_pause(waited, settings.first_interval, settings.interval)
-                return state, now + pause
-            return rollover.after_confirm(state, confirmed, policy), None
-        case Action.CHECK_ARI:
-            renew, recheck = renewal.check_ari(ctx, cert, state)
-            return state.evolve(renew_after=renew, ari_checked_at=now, ari_recheck_at=recheck), None
-        case Action.FINISH:
-            return rollover.finish(state, now, "records published and aged"), None
-        case Action.ISSUE:
-            staged = issue_steps.issue(ctx, cert, wdir, state)
-            return rollover.after_issue(state, dict(staged)), None
+            _copy_keys(fleet, state)  # facts: saved ahead to the lineage (_write_ahead)
         case Action.INSTALL:
             # Each host installs the staged certificates on its next run (fleethost.sync_host).
             state = state.note(now, "certificates handed to the fleet")
@@ -301,7 +273,7 @@ def _perform(fleet: Fleet, state: State, step: Step, policy: Policy) -> tuple[St
             return _fleet_verified(fleet, state, now, policy)
         case Action.ROLLBACK:
             return rollover.after_rollback(state, now, state.last_error or "", policy), None
-    raise AssertionError(f"unhandled step {step}")
+    return perform_shared(ctx, cert, wdir, state, step, policy)
 
 
 def _copy_keys(fleet: Fleet, state: State) -> None:
