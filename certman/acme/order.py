@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # Polling an authorization or order (RFC 8555 §7.5.1): first look soon (a CA validates in well
 # under a second when it can), then back off to POLL_CAP; a Retry-After from the CA wins.
-POLL_FIRST = 0.05
+POLL_FIRST = 0.02
 POLL_CAP = 5.0
 POLL_TIMEOUT = 180.0
 
@@ -80,7 +80,11 @@ def finalize_order(
     csr: x509.CertificateSigningRequest,
     domains: Sequence[str],
 ) -> str:
-    """POST the CSR to ``finalize`` and poll the order until it is valid (RFC 8555 §7.4)."""
+    """POST the CSR to ``finalize`` and poll the order until it is valid (RFC 8555 §7.4).
+
+    ``body`` is newOrder's answer, from before validation: its status is looked up again at
+    once, not after a pause. The poll schedule starts again after the finalize request (the
+    CA's processing is a new wait, RFC 8555 §7.1.6)."""
     from acme import messages
 
     from certman.acme.client import acme_step, post, post_as_get, problem_text, retry_after_seconds
@@ -89,6 +93,7 @@ def finalize_order(
     session.say("acme: finalizing")
     deadline = session.clock() + session.poll_timeout
     finalized = False
+    stale = True  # newOrder's status: "pending" then, "ready" by now if validation went well
     attempt = 0
     retry_after: float | None = None
     while True:
@@ -101,12 +106,15 @@ def finalize_order(
             with acme_step(session.server, what):
                 response = post(session.client, body.finalize, messages.CertificateRequest(csr=csr))
                 body = messages.Order.from_json(response.json())
-            finalized = True
+            finalized, stale, attempt = True, False, 0
+            retry_after = retry_after_seconds(response, session.clock)
             continue
         if session.clock() >= deadline:
             raise AcmeError(f"ACME server {session.server}: {what}: still {body.status.name}")
-        pause(session, attempt, retry_after, deadline)
-        attempt += 1
+        if not stale:
+            pause(session, attempt, retry_after, deadline)
+            attempt += 1
+        stale = False
         with acme_step(session.server, what):
             response = post_as_get(session.client, url)
             body = messages.Order.from_json(response.json())

@@ -72,8 +72,72 @@ def test_preferred_chain_falls_back_to_any_issuer_in_the_chain() -> None:
 
 
 def test_poll_schedule_starts_fast_backs_off_and_honours_retry_after() -> None:
-    delays = [poll_delay(n) for n in range(8)]
+    delays = [poll_delay(n) for n in range(12)]
     assert delays[0] == POLL_FIRST
     assert delays == sorted(delays) and delays[-1] == POLL_CAP
     assert poll_delay(0, retry_after=3.0) == 3.0
     assert poll_delay(10, retry_after=0.1) == POLL_CAP
+
+
+class _Answer:
+    def __init__(self, body: dict[str, object]) -> None:
+        self.body, self.headers = body, {}
+
+    def json(self) -> dict[str, object]:
+        return self.body
+
+
+class _OrderCA:
+    """An order that is "ready" once validation is done, "processing" right after finalize,
+    then "valid": each POST returns the next state; the sleeps are recorded."""
+
+    def __init__(self, states: list[str]) -> None:
+        self.states, self.requests, self.slept = states, [], []
+        self.directory = {"newNonce": "https://ca.test/nonce"}
+        self.net = self
+
+    def post(self, url: str, obj: object, **_: object) -> _Answer:
+        self.requests.append(url)
+        return _Answer(_order(self.states.pop(0)))
+
+
+def _order(status: str) -> dict[str, object]:
+    body: dict[str, object] = {
+        "status": status,
+        "identifiers": [{"type": "dns", "value": "mx1.dane.test"}],
+        "authorizations": ["https://ca.test/authz/1"],
+        "finalize": "https://ca.test/finalize/1",
+    }
+    if status == "valid":
+        body["certificate"] = "https://ca.test/cert/1"
+    return body
+
+
+def test_finalize_looks_at_the_stale_order_at_once_and_restarts_the_poll_schedule() -> None:
+    """newOrder's "pending" is from before validation: fetched again without a pause; after
+    the finalize POST the first poll waits POLL_FIRST, not the next step of the old schedule
+    (each skipped pause cost 0.05-0.1 s of every issuance)."""
+    from acme import messages
+
+    from certman.acme.order import AcmeSession, finalize_order
+
+    ca = _OrderCA(["ready", "processing", "valid"])
+    session = AcmeSession(
+        ca,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        "ca.test",
+        ca.slept.append,
+        lambda: 0.0,
+        lambda _: None,
+        60.0,
+    )
+    pending = messages.Order.from_json(_order("pending"))
+    csr = make_csr(fixed_ec_key(), ("mx1.dane.test",))
+    url = finalize_order(session, "https://ca.test/order/1", pending, csr, ["mx1.dane.test"])
+    assert url == "https://ca.test/cert/1"
+    assert ca.requests == [
+        "https://ca.test/order/1",
+        "https://ca.test/finalize/1",
+        "https://ca.test/order/1",
+    ]
+    assert ca.slept == [POLL_FIRST]
