@@ -81,7 +81,8 @@ def test_poll_schedule_starts_fast_backs_off_and_honours_retry_after() -> None:
 
 class _Answer:
     def __init__(self, body: dict[str, object]) -> None:
-        self.body, self.headers = body, {}
+        self.body = body
+        self.headers: dict[str, str] = {}
 
     def json(self) -> dict[str, object]:
         return self.body
@@ -92,7 +93,9 @@ class _OrderCA:
     then "valid": each POST returns the next state; the sleeps are recorded."""
 
     def __init__(self, states: list[str]) -> None:
-        self.states, self.requests, self.slept = states, [], []
+        self.states = states
+        self.requests: list[str] = []
+        self.slept: list[float] = []
         self.directory = {"newNonce": "https://ca.test/nonce"}
         self.net = self
 
