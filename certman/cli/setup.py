@@ -18,6 +18,7 @@ from certman.errors import CertmanError
 if TYPE_CHECKING:
     from certman.config.schema import CertificateConfig
     from certman.lifecycle.context import Context
+    from certman.postfix.targets import ServedFiles
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -177,13 +178,21 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     return 0
 
 
-def foreign_warnings(ctx: Context, cert: CertificateConfig) -> list[str]:
+def foreign_warnings(
+    ctx: Context, cert: CertificateConfig, snapshots: dict[str, ServedFiles] | None = None
+) -> list[str]:
     """For ``certman run``: a target that still reads a certbot lineage (certbot would replace
-    the key behind certman's back, RFC 7671 §8.1). One ``postconf`` per target."""
+    the key behind certman's back, RFC 7671 §8.1). ``snapshots`` (per instance directory,
+    filled as needed) lets a run's certificates share one ``postconf`` per instance."""
     from certman.integrations.certbot_move import target_lineages
+    from certman.postfix.targets import ServedFiles
 
     try:
-        lineages = sorted(target_lineages(ctx, cert))
+        served = None
+        if snapshots is not None:
+            key = str(cert.install.config_dir)
+            served = snapshots.setdefault(key, ServedFiles(ctx.postfix_for(cert)))
+        lineages = sorted(target_lineages(ctx, cert, served))
     except CertmanError:
         return []  # what Postfix serves could not be read: the run itself reports that
     return [

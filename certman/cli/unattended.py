@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from certman.config.schema import CertificateConfig
     from certman.lifecycle.context import Context, ReloadBatch
     from certman.lifecycle.engine import Outcome
+    from certman.postfix.targets import ServedFiles
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -66,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     results.update(_advance_all(ctx, again, args, log))  # pass 2: verify what was switched
     outcomes: list[Outcome] = []
     warned = False
+    snapshots: dict[str, ServedFiles] = {}  # one postconf per instance for the warnings
     for cert in certs:
         code, outcome = results[cert.name]
         codes.append(code)
@@ -74,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcomes.append(outcome)
         level = {0: Level.INFO, 1: Level.ERR}.get(code, Level.NOTICE)
         log(level, _outcome_line(outcome))
-        for line in foreign_warnings(ctx, cert):  # certbot's live/ files: issue 12
+        for line in foreign_warnings(ctx, cert, snapshots):  # certbot's live/ files: issue 12
             warned = True
             log(Level.WARNING, f"certman: warning: {line}")
     codes.append(_write_metrics(cfg, log))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certman.config.schema import CertificateConfig
 from certman.errors import CertmanError
@@ -26,16 +27,24 @@ from certman.lifecycle.rollover import Step
 from certman.lifecycle.state import Operation, Phase
 from certman.lifecycle.statefile import CertDir
 
+if TYPE_CHECKING:
+    from certman.postfix.targets import ServedFiles
+
 OnWait = Callable[[Step, float], None]
 
 
-def target_lineages(ctx: Context, cert: CertificateConfig) -> set[Path]:
-    from certman.postfix.targets import certbot_lineage, served_file_paths
+def target_lineages(
+    ctx: Context, cert: CertificateConfig, served: ServedFiles | None = None
+) -> set[Path]:
+    """The certbot lineages ``cert``'s targets read; ``served``: a snapshot of the instance
+    shared by many certificates (one ``postconf`` for all, not one per target)."""
+    from certman.postfix.targets import ServedFiles, certbot_lineage
 
-    postfix = ctx.postfix_for(cert)
+    if served is None:
+        served = ServedFiles(ctx.postfix_for(cert))
     found = set()
     for target in cert.install.targets:
-        for path in served_file_paths(postfix, target):
+        for path in served.paths(target):
             lineage = certbot_lineage(path)
             if lineage is not None:
                 found.add(lineage)

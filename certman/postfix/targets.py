@@ -126,7 +126,10 @@ def foreign_owner(paths: list[str]) -> str | None:
 
 def sni_table(postfix: Postfix) -> SniTable | None:
     """The first postmap-built table of main.cf's tls_server_sni_maps (None: not set)."""
-    value = postfix.get(SNI_MAPS).get(SNI_MAPS, "")
+    return _sni_table_of(postfix, postfix.get(SNI_MAPS).get(SNI_MAPS, ""))
+
+
+def _sni_table_of(postfix: Postfix, value: str) -> SniTable | None:
     for spec in split_list(value):
         kind, sep, path = spec.partition(":")
         if sep and kind in POSTMAP_TYPES:
@@ -239,3 +242,56 @@ def pin_service(postfix: Postfix, target: Target) -> bool:
         return False
     postfix.set_service(target.service, inherited)
     return True
+
+
+class ServedFiles:
+    """What an instance's targets read, for many certificates at once: main.cf's file
+    parameters from one ``postconf``, each service's overrides from one ``postconf -P``, and the
+    SNI table's source read once (a call per target cost ~10 ms each: 10 s for 1,000
+    certificates). A snapshot: only for reading after the run's changes are done."""
+
+    def __init__(self, postfix: Postfix) -> None:
+        self.postfix = postfix
+        self._main: dict[str, str] | None = None
+        self._services: dict[str, dict[str, str]] = {}
+        self._sni: dict[str, str] | None = None
+
+    def paths(self, target: Target) -> list[str]:
+        """Like ``served_file_paths(postfix, target)``."""
+        if target.kind is TargetKind.SNI:
+            return split_list(self._sni_entries().get(target.name) or "")
+        values = dict(self._main_values())
+        if target.kind is TargetKind.SERVICE:
+            if target.service not in self._services:
+                names = (*TLS_FILE_PARAMETERS, "queue_directory")
+                self._services[target.service] = self.postfix.get_service(target.service, *names)
+            values.update(self._services[target.service])
+        return served_paths(values)
+
+    def _main_values(self) -> dict[str, str]:
+        if self._main is None:
+            self._main = self.postfix.get(*TLS_FILE_PARAMETERS, "queue_directory", SNI_MAPS)
+        return self._main
+
+    def _sni_entries(self) -> dict[str, str]:
+        if self._sni is None:
+            table = _sni_table_of(self.postfix, self._main_values().get(SNI_MAPS, ""))
+            self._sni = _sni_entries(table.source) if table else {}
+        return self._sni
+
+
+def _sni_entries(source: Path) -> dict[str, str]:
+    """Every name's value in the table's source file (the first line for a name wins, as in
+    ``read_sni_entry``)."""
+    try:
+        text = source.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise PostfixError(f"{source}: cannot read SNI table source: {exc.strerror}") from None
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        fields = line.split(None, 1)
+        if fields and not line.startswith(("#", " ", "\t")):
+            entries.setdefault(fields[0].lower(), fields[1].strip() if len(fields) > 1 else "")
+    return entries

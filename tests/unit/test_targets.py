@@ -100,3 +100,51 @@ def test_certbot_lineage_is_recognised_by_its_layout(tmp_path: Path) -> None:
     assert certbot_lineage(str(root / "live" / "mx1" / "privkey.pem")) == root / "live" / "mx1"
     assert certbot_lineage(str(root / "archive" / "mx1" / "privkey1.pem")) == root / "live" / "mx1"
     assert certbot_lineage(str(tmp_path / "postfix" / "certman" / "mx1.pem")) is None
+
+
+def _sni_cert(name: str, config_dir: Path) -> CertificateConfig:
+    target = Target(TargetKind.SNI, name=f"{name}.example.org")
+    install = InstallConfig(Layout.CHAIN_FILES, Path("/c"), True, config_dir, (target,))
+    return CertificateConfig(
+        name, (f"{name}.example.org",), (KeyType.ECDSA_P256,), Challenge.DNS01, "p", {}, None,
+        None, install, None, True, None,
+    )  # fmt: skip
+
+
+def test_run_warnings_read_postfix_once_for_all_certificates(tmp_path: Path) -> None:
+    """Issue 12's certbot-lineage warning ran one postconf per target and re-read the SNI
+    source per certificate: a full `certman run` with 1,000 certificates spent seconds on it.
+    With the run's snapshot: one postconf for the instance, same answers as per target."""
+    from types import SimpleNamespace
+
+    from fake_postconf import FakePostfix
+
+    from certman.cli.setup import foreign_warnings
+    from certman.postfix.commands import Postfix
+    from certman.postfix.targets import ServedFiles, served_file_paths
+
+    root = tmp_path / "letsencrypt"
+    (root / "renewal").mkdir(parents=True)
+    (root / "live" / "c7").mkdir(parents=True)
+    source = tmp_path / "sni"
+    lines = [f"c{i}.example.org /certman/c{i}.pem" for i in range(50)]
+    lines[7] = f"c7.example.org {root}/live/c7/privkey.pem,{root}/live/c7/fullchain.pem"
+    source.write_text("# table\n" + "\n".join(lines) + "\n")
+    fake = FakePostfix(tmp_path / "etc", {"tls_server_sni_maps": f"hash:{source}"})
+    postfix = Postfix(fake.config(), run=fake)
+    certs = [_sni_cert(f"c{i}", fake.config_dir) for i in range(50)]
+    ctx = SimpleNamespace(postfix_for=lambda cert: postfix)
+
+    per_target = [served_file_paths(postfix, c.install.targets[0]) for c in certs]
+    fake.calls.clear()
+    served = ServedFiles(postfix)
+    assert [served.paths(c.install.targets[0]) for c in certs] == per_target
+    assert served.paths(Target(TargetKind.MAIN)) == served_file_paths(
+        postfix, Target(TargetKind.MAIN)
+    )
+
+    fake.calls.clear()
+    snapshots: dict[str, ServedFiles] = {}
+    warnings = [w for c in certs for w in foreign_warnings(ctx, c, snapshots)]  # type: ignore[arg-type]
+    assert len(fake.calls) == 1
+    assert len(warnings) == 1 and "c7" in warnings[0] and "certbot" in warnings[0]
