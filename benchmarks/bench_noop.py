@@ -35,7 +35,7 @@ def run(certbot_renew: list[str] | None, certbot_python: str | None, rounds: int
         configs = {}
         for size in SIZES:
             (Path(tmp) / str(size)).mkdir()
-            configs[size] = idle_host(Path(tmp) / str(size), size)
+            configs[size] = idle_host(Path(tmp) / str(size), size, own_postfix=True)
         fast_env, full_env = environment(), environment(CERTMAN_NO_FASTPATH="1")
         commands: dict[str, tuple[list[str], dict[str, str] | None]] = {
             "python -c pass": ([python, "-c", "pass"], None),

@@ -40,15 +40,23 @@ targets = ["sni:mx1.example.org"]
 TSIG = 'key "certman" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0c2VjcmV0c2VjcmV0";\n};\n'
 
 
-def idle_host(directory: Path, count: int = 1) -> Path:
+def idle_host(directory: Path, count: int = 1, *, own_postfix: bool = False) -> Path:
     """Write config, TSIG key file and a steady state with nothing due for ``count``
-    certificates (mx1, mx2, ...); return the config."""
+    certificates (mx1, mx2, ...); return the config. ``own_postfix``: a Postfix configuration
+    directory of its own with a main.cf, as on a mail host (without one, /etc/postfix here has
+    no main.cf, and every failing postconf takes a second: Postfix's msg_fatal sleeps)."""
     tsig = directory / "tsig.key"
     tsig.write_text(TSIG)
     tsig.chmod(0o600)
     config = directory / "certman.toml"
     state_dir = directory / "state"
     text = CONFIG.format(state=state_dir, tsig=tsig, files=directory / "files")
+    if own_postfix:
+        postfix = directory / "postfix"
+        postfix.mkdir()
+        (postfix / "main.cf").write_text("compatibility_level = 3.6\n")
+        (postfix / "master.cf").write_text("smtp inet n - y - - smtpd\n")
+        text = text.replace("[acme]", f'[postfix]\nconfig_dir = "{postfix}"\n\n[acme]', 1)
     head, cert = text.split("[certificates.mx1]")
     cert = "[certificates.mx1]" + cert
     config.write_text(head + "".join(cert.replace("mx1", f"mx{i}") for i in range(1, count + 1)))

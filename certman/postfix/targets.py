@@ -248,16 +248,28 @@ class ServedFiles:
     """What an instance's targets read, for many certificates at once: main.cf's file
     parameters from one ``postconf``, each service's overrides from one ``postconf -P``, and the
     SNI table's source read once (a call per target cost ~10 ms each: 10 s for 1,000
-    certificates). A snapshot: only for reading after the run's changes are done."""
+    certificates). A snapshot: only for reading after the run's changes are done. A failed
+    read fails every later one alike without running postconf again (postconf's fatal exit
+    takes a second: Postfix's msg_fatal sleeps before exiting)."""
 
     def __init__(self, postfix: Postfix) -> None:
         self.postfix = postfix
+        self._failed: PostfixError | None = None
         self._main: dict[str, str] | None = None
         self._services: dict[str, dict[str, str]] = {}
         self._sni: dict[str, str] | None = None
 
     def paths(self, target: Target) -> list[str]:
         """Like ``served_file_paths(postfix, target)``."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._paths(target)
+        except PostfixError as exc:
+            self._failed = exc
+            raise
+
+    def _paths(self, target: Target) -> list[str]:
         if target.kind is TargetKind.SNI:
             return split_list(self._sni_entries().get(target.name) or "")
         values = dict(self._main_values())

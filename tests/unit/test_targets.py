@@ -148,3 +148,24 @@ def test_run_warnings_read_postfix_once_for_all_certificates(tmp_path: Path) -> 
     warnings = [w for c in certs for w in foreign_warnings(ctx, c, snapshots)]  # type: ignore[arg-type]
     assert len(fake.calls) == 1
     assert len(warnings) == 1 and "c7" in warnings[0] and "certbot" in warnings[0]
+
+
+def test_run_warnings_try_a_failing_postconf_once(tmp_path: Path) -> None:
+    """postconf's fatal exit takes a second (no main.cf, a broken one): with 1,000 certificates
+    the warnings alone took 1,000 s. The snapshot remembers the failure."""
+    from types import SimpleNamespace
+
+    from fake_postconf import FakePostfix
+
+    from certman.cli.setup import foreign_warnings
+    from certman.postfix.commands import Postfix
+    from certman.postfix.targets import ServedFiles
+
+    fake = FakePostfix(tmp_path / "etc", {})
+    fake.fail_on = "-x"
+    postfix = Postfix(fake.config(), run=fake)
+    ctx = SimpleNamespace(postfix_for=lambda cert: postfix)
+    snapshots: dict[str, ServedFiles] = {}
+    certs = [_sni_cert(f"c{i}", fake.config_dir) for i in range(20)]
+    assert [foreign_warnings(ctx, c, snapshots) for c in certs] == [[]] * 20  # type: ignore[arg-type]
+    assert len(fake.calls) == 1
