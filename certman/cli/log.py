@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class Log:
     clock: Callable[[], float] = time.time
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err_out: TextIO = field(default_factory=lambda: sys.stderr)
+    # `certman run` with [acme] concurrency logs from several threads: one line, one write.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def enabled(self, level: Level) -> bool:
         return level <= self.threshold
@@ -69,7 +72,10 @@ class Log:
         if not self.enabled(level):
             return
         stream = self.err_out if level <= Level.WARNING else self.out
-        print(self.format(level, message), file=stream, flush=True)
+        line = self.format(level, message) + "\n"
+        with self._lock:  # print() writes the text and the newline apart: lines interleaved
+            stream.write(line)
+            stream.flush()
 
     def format(self, level: Level, message: str) -> str:
         if self.json:

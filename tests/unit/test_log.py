@@ -119,3 +119,45 @@ def test_stdout_is_never_decorated_for_command_output(
     _state(tmp_path)
     assert main(["--config", str(config), "status", "mx1"]) == 0
     assert capsys.readouterr().out.startswith("mx1: phase steady")
+
+
+class _Writes:
+    """A stream that records each write call and gives other threads a chance between them."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        import time
+
+        self.writes.append(text)
+        time.sleep(0)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_lines_from_concurrent_certificates_never_interleave() -> None:
+    """`certman run` with [acme] concurrency logs from several threads; print() wrote the text
+    and the newline in two calls, so two lines ran together ("...one2026-12-01T... r003: ...")."""
+    import threading
+
+    from certman.cli.log import Level, Log
+
+    out = _Writes()
+    log = Log(out=out)  # type: ignore[arg-type]
+
+    def worker(n: int) -> None:
+        for i in range(50):
+            log(Level.INFO, f"r{n:03d}: line {i}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in out.writes)
+    lines = "".join(out.writes).splitlines()
+    assert len(lines) == 300
+    assert all(line.startswith("r0") and ": line " in line for line in lines)
