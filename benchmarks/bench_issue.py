@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common import CERTMAN, Row, Stream, check_stream, environment, median, run_stream
+from common import Row, Stream, check_stream, deployed_venv, environment, median, run_stream
 from hosts import bootstrap, nsupdate, write_host
 
 SECTION = "issuance"
@@ -30,7 +30,8 @@ def run(ctx: Any) -> list[Row]:
     bot = ctx.certbot()
     config = ctx.host("mx1")
     rounds = 2 if ctx.quick else min(ctx.rounds, 6)
-    certman_argv = [CERTMAN, "--config", str(config), "issue", "mx1"]
+    certman = deployed_venv()[1]  # as installed: no editable-install import hook
+    certman_argv = [certman, "--config", str(config), "issue", "mx1"]
     certbot_argv = bot.certonly("bench", "cb1.dane.test")
     certman_runs: list[Stream] = []
     certbot_runs: list[Stream] = []
@@ -104,7 +105,8 @@ def _after_zone_change(ctx: Any, count: int) -> list[Row]:
             "update delete bench-change.dane.test TXT",
             f'update add bench-change.dane.test 2 TXT "change {index}"',
         )
-        stream = run_stream([CERTMAN, "--config", str(config), "issue", "mx2"], env=environment())
+        argv = [deployed_venv()[1], "--config", str(config), "issue", "mx2"]
+        stream = run_stream(argv, env=environment())
         times.append(stream.seconds)
         if stream.returncode == 0:
             ok += 1

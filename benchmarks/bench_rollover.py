@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from common import CERTMAN, Row, Stream, check_stream, environment, median, run_stream
+from common import Row, Stream, check_stream, deployed_venv, environment, median, run_stream
 from hosts import MARGIN, TTL
 
 SECTION = "rollover overhead"
@@ -41,7 +41,7 @@ def run(ctx: Any) -> list[Row]:
             _wait_next_aged(config)
             with Watcher(ctx.bed) as watch:
                 stream = run_stream(
-                    [CERTMAN, "--config", str(config), "rollover", "mx1", *extra],
+                    [deployed_venv()[1], "--config", str(config), "rollover", "mx1", *extra],
                     env=environment(),
                 )
             check_stream(stream, f"certman rollover {' '.join(extra)}")
