@@ -37,9 +37,49 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     bed = start_testbed(directory)
     try:
         enter_netns(bed.netns)
+        SECRETS.extend(testbed_secrets(bed))
         yield bed
     finally:
         stop_testbed(directory)
+
+
+# Secrets never appear in logs or errors: every test's captured output (certman run in-process,
+# and whatever a test prints of a subprocess's) is searched for the testbed's secrets.
+SECRETS: list[str] = []
+SCANNED = {"phases": 0, "leaks": 0}  # tests searched (after the testbed came up), with a leak
+
+
+def testbed_secrets(bed: Testbed) -> list[str]:
+    found = [bed.bind.tsig.secret]
+    if bed.pdns is not None:
+        found.append(bed.pdns.api_key)
+    if bed.pebble.eab is not None:
+        found.append(bed.pebble.eab.hmac_key)
+    return [s for s in found if len(s) >= 12]  # long enough never to occur by chance
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not SECRETS or call.when != "teardown":  # by then it holds every phase's output
+        return
+    SCANNED["phases"] += 1
+    text = report.capstdout + report.capstderr
+    if not any(s in text for s in SECRETS):
+        return
+    SCANNED["leaks"] += 1
+    if report.outcome != "failed":
+        report.outcome = "failed"
+        report.longrepr = f"a testbed secret appears in the output of {item.nodeid}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SCANNED["phases"]:
+        terminalreporter.write_line(
+            f"secrets scan: the output of {SCANNED['phases']} tests searched for "
+            f"{len(SECRETS)} testbed secrets; {SCANNED['leaks']} with a secret"
+        )
 
 
 # Integration tests share the testbed's two Postfix instances: each test gets them back as the

@@ -21,6 +21,8 @@ from certman.lifecycle.steps.keys import load_key
 from certman.model import KeyType
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from certman.lifecycle.context import Context
     from certman.postfix.targets import Endpoint
 
@@ -116,14 +118,49 @@ def verify(ctx: Context, cert: CertificateConfig, state: State, attempts: int = 
     points = endpoints(cert, ctx.postfix_for(cert))
     problems: list[str] = []
     for attempt in range(attempts):
-        problems = _stale_certificates(cert, state, points)
+        # The DANE check reads the chains the leaf check fetched: one handshake per endpoint.
+        fetched = _Fetched()
+        problems = _stale_certificates(cert, state, points, fetched)
         if not problems and cert.dane is not None:
-            problems = _dane_problems(ctx, cert, state, points)
+            problems = _dane_problems(ctx, cert, state, points, fetched)
         if not problems:
             return None
         if attempt + 1 < attempts:
             ctx.sleep(1.0)  # smtpd processes started before the reload finish their session
     return "; ".join(problems)
+
+
+class _Fetched:
+    """Chains fetched in one verification attempt, by (address, port, key type, SNI name,
+    implicit TLS): a second check of the same endpoint reuses the chain, never a stale one
+    (each attempt starts empty)."""
+
+    def __init__(self) -> None:
+        self.chains: dict[tuple[object, ...], list[x509.Certificate]] = {}
+
+    def fetch(
+        self,
+        address: str,
+        port: int,
+        *,
+        timeout: float,
+        key_type: KeyType | None = None,
+        server_name: str | None = None,
+        implicit_tls: bool | None = None,
+    ) -> list[x509.Certificate]:
+        from certman.dane.probe import fetch_chain
+
+        key = (address, port, key_type, server_name, implicit_tls)
+        if key not in self.chains:
+            self.chains[key] = fetch_chain(
+                address,
+                port,
+                timeout=timeout,
+                key_type=key_type,
+                server_name=server_name,
+                implicit_tls=implicit_tls,
+            )
+        return self.chains[key]
 
 
 def probe_address(cert: CertificateConfig) -> str:
@@ -133,10 +170,10 @@ def probe_address(cert: CertificateConfig) -> str:
 
 
 def _dane_problems(
-    ctx: Context, cert: CertificateConfig, state: State, points: list[Endpoint]
+    ctx: Context, cert: CertificateConfig, state: State, points: list[Endpoint], fetched: _Fetched
 ) -> list[str]:
     """Each endpoint on a DANE port against its validated TLSA RRset (RFC 7672 §3)."""
-    from certman.dane.probe import fetch_chain, verify_endpoint
+    from certman.dane.probe import verify_endpoint
     from certman.dns.propagation import validated_rrset
     from certman.errors import DnsError
 
@@ -166,16 +203,16 @@ def _dane_problems(
                     tlsa=rrset,
                     timeout=10.0,
                     key_type=KeyType(slot) if dual else None,
-                    fetch=partial(fetch_chain, implicit_tls=point.implicit_tls),
+                    fetch=partial(fetched.fetch, implicit_tls=point.implicit_tls),
                 )
                 if not result.ok:
                     problems.append(f"{point.target}: {result.detail}")
     return problems
 
 
-def _stale_certificates(cert: CertificateConfig, state: State, points: list[Endpoint]) -> list[str]:
-    from certman.dane.probe import fetch_chain
-
+def _stale_certificates(
+    cert: CertificateConfig, state: State, points: list[Endpoint], fetched: _Fetched
+) -> list[str]:
     dual = len(state.staged) > 1
     address = probe_address(cert)
     problems = []
@@ -183,7 +220,7 @@ def _stale_certificates(cert: CertificateConfig, state: State, points: list[Endp
         for slot, info in state.staged.items():
             where = f"{point.target} {address}:{point.port}" + (f" ({slot})" if dual else "")
             try:
-                leaf = fetch_chain(
+                leaf = fetched.fetch(
                     address,
                     point.port,
                     timeout=10.0,
