@@ -10,32 +10,44 @@ Two bootstrap cases kill at every point of the first run (ADOPT, PUBLISH, CONFIR
 the write-ahead facts the 2 x TTL wait is computed from: an RRset whose TTL is being lowered
 (8 -> 3), and a name with no RRset at all (negative caching, RFC 2308).
 
+Two more cases sweep a ``certman rollover --compromised`` and a dual RSA + ECDSA rollover
+with a watch (served_watch.py) beside the prober that checks, on every sample, that no served
+key's record is missing from a nameserver and that a new key is served no sooner than 2 x TTL +
+margin after its record reached every nameserver. Those two kill at every other point (see
+``test_a_kill_anywhere_in_a_compromised_or_dual_rollover_keeps_the_rules``).
+
 Figures (points, probes, failures) are printed; run alone with ``make killsweep``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import Prober
+from helpers import OFFER_ECDSA_ONLY, OFFER_RSA_ONLY, Prober, write_config
+from served_watch import Watch, tlsa_digests
 from test_rollover_e2e import bootstrap, fresh_host, rfc2136, served_spki, state_of
 from testbed import Testbed
 
+from certman import keys
 from certman.cli.main import main
 from certman.config.load import load_config as load
 from certman.config.schema import PostfixConfig
+from certman.dane.probe import fetch_chain
 from certman.dns.propagation import check_published, find_zone
 from certman.dns.provider import RRset
 from certman.lifecycle.state import Phase, State
+from certman.model import KeyType
 from certman.postfix.commands import Postfix
 
 pytestmark = [pytest.mark.integration, pytest.mark.killsweep]
@@ -281,3 +293,157 @@ def test_a_kill_while_bootstrapping_an_empty_name_keeps_the_negative_ttl(
         tlsa = state.tlsa
         assert tlsa.name_was_empty and tlsa.negative_ttl == testbed.bind.negative_ttl, tlsa
     print(f"\nkill sweep (empty-name bootstrap): {total} write points, {len(states)} kills")
+
+
+# -- a compromised-key rollover and a dual RSA + ECDSA rollover, with a watch on the rules -------
+
+
+@dataclass(frozen=True)
+class Case:
+    """A rollover to sweep: how to set the host up, the command, when it is done."""
+
+    config: Path
+    command: tuple[str, ...]
+    done: Callable[[State], bool]
+    kinds: tuple[KeyType, ...]
+    wait: float  # 2 x TTL + margin: the least time between a record on every server and its key
+    old: frozenset[str]  # digests of the keys that must be gone from DNS when done
+
+
+def compromised_case(bed: Testbed, directory: Path) -> Case:
+    """`certman rollover --compromised` from a bootstrapped host at rest. TTL 1 s (the rules
+    are the same; Unbound holds a 1 s answer up to 2 s, less than the 2 x 1 + 1 s wait), so a
+    round with the whole publish, confirm and age costs seconds."""
+    ttl, margin = 1, 1.0
+    config = fresh_host(bed, directory, ttl=ttl)
+    bootstrap(bed, config)
+    time.sleep(2 * ttl + margin + 1)
+    before = state_of(config)
+    assert isinstance(before, State)
+    old = frozenset({before.current[SLOT].spki_sha256, before.next[SLOT].spki_sha256})
+
+    def done(state: State) -> bool:
+        new = state.current[SLOT].spki_sha256
+        return new not in old and new == served_spki(bed, "mx1")
+
+    kinds = (KeyType.ECDSA_P256,)
+    return Case(config, ("rollover", "mx1", "--compromised"), done, kinds, 2 * ttl + margin, old)
+
+
+def dual_case(bed: Testbed, directory: Path) -> Case:
+    """`certman rollover` of an RSA + ECDSA pair (``key_type = ["ecdsa-p256", "rsa2048"]``)."""
+    ttl, margin = 3, 1.0
+    fresh_host(bed, directory, ttl=ttl)
+    kinds = (KeyType.ECDSA_P256, KeyType.RSA2048)
+    config = write_config(bed, directory, ttl=ttl, key_types=[k.value for k in kinds])
+    bootstrap(bed, config)
+    time.sleep(2 * ttl + margin + 1)
+    before = state_of(config)
+    assert isinstance(before, State) and set(before.current) == {k.value for k in kinds}
+    nxt = {k: v.spki_sha256 for k, v in before.next.items()}
+
+    def done(state: State) -> bool:
+        if {k: v.spki_sha256 for k, v in state.current.items()} != nxt:
+            return False
+        pf = bed.postfix["mx1"]
+        return all(
+            keys.cert_spki_sha256(fetch_chain(pf.address, 25, timeout=5, key_type=k)[0])
+            == nxt[k.value]
+            for k in kinds
+        )
+
+    old = frozenset(k.spki_sha256 for k in before.current.values())
+    return Case(config, ("rollover", "mx1"), done, kinds, 2 * ttl + margin, old)
+
+
+CASES = {"compromised": compromised_case, "dual": dual_case}
+STRIDE = 2  # every other point: see the test's docstring
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_a_kill_anywhere_in_a_compromised_or_dual_rollover_keeps_the_rules(
+    testbed: Testbed, tmp_path: Path, case_name: str
+) -> None:
+    """Kill at point 1, 3, 5, ... (each write's "before" point) and at the last point, until a
+    run reaches its end unkilled; after each kill, `certman run` until done.
+
+    Every other point, not every point, to stay within the sweep's time budget (every point
+    would add ~14 minutes on 2 cores): a kill "after write k" and one "before write k + 1"
+    leave the same files, DNS records and state behind, so the odd points still cover every
+    gap between two consecutive writes, and the last point the one after the last write. The
+    end is found by running, not from a count run, since the number of CONFIRM polls (each a
+    state save) varies with how fast the secondary catches up.
+
+    Each round: the prober (posttls-finger through the caching validating resolver; one per key
+    type for the dual case) must never fail, and the watch must see no served key without its
+    record on both nameservers (so the compromised key's record stays until the new key is
+    served) and no new key served sooner than 2 x TTL + margin after its record reached both.
+    """
+    case = CASES[case_name](testbed, tmp_path / "host")
+    snap = snapshot(testbed, case.config, tmp_path / "snap")
+    runs = Runs()
+    pf = testbed.postfix["mx1"]
+    offers = (OFFER_ECDSA_ONLY, OFFER_RSA_ONLY) if len(case.kinds) > 1 else ((),)
+    began_sweep = time.monotonic()
+    samples = watched = killed = 0
+    killed_at: set[str] = set()
+    n, final = 1, False
+    while True:
+        restore(testbed, case.config, snap)
+        probers = [Prober(testbed, pf.host, pf.address, options=o) for o in offers]
+        watch = Watch(testbed, TLSA, pf.address, case.kinds)
+        log = tmp_path / f"kill-{n}.log"
+        with ExitStack() as stack:
+            for p in probers:
+                stack.enter_context(p.running())
+            stack.enter_context(watch.running())
+            time.sleep(0.5)
+            crashed = runs.certman(case.config, *case.command, log=log, kill_at=n)
+            if crashed.returncode == 0:  # this run ended before point n
+                assert n > len(points(log)), (n, crashed.stdout, crashed.stderr)
+            else:
+                assert crashed.returncode == -signal.SIGKILL, (n, crashed.stdout, crashed.stderr)
+                killed += 1
+                killed_at.add(_kind(points(log)[-1]))
+            state = finish(runs, case.config, case.command, case.done)
+            time.sleep(1.0)
+        label = points(log)[-1] if crashed.returncode else "(no kill: the run ended first)"
+        for p in probers:
+            assert p.failures == [], (n, label, p.options, p.failures[:3])
+            samples += len(p.results)
+        assert watch.served_without_record() == [], (n, label, watch.served_without_record()[:3])
+        assert watch.early_swaps(case.wait) == [], (n, label, case.wait)
+        assert watch.newly_served(), (n, label, "the watch never saw the new key served")
+        records = tlsa_digests(testbed.bind.primary, TLSA)
+        wanted = {k.spki_sha256 for k in (*state.current.values(), *state.next.values())}
+        assert records == wanted and not records & case.old, (n, label, records, wanted)
+        watched += len(watch.samples)
+        if final:
+            break
+        if crashed.returncode == 0:  # one more round: the point after the last write
+            n, final = len(points(log)), True
+        else:
+            n += STRIDE
+    minutes = (time.monotonic() - began_sweep) / 60
+    leaks = sum(testbed.bind.tsig.secret in out for out in runs.outputs)
+    print(
+        f"\nkill sweep ({case_name}): {killed} kills at every other point, "
+        f"{len(killed_at)} kinds of point {sorted(killed_at)}, {samples} probes, "
+        f"0 probe failures, {watched} watch samples, {len(runs.outputs)} certman runs, "
+        f"{leaks} outputs with a secret, {minutes:.1f} min"
+    )
+    assert leaks == 0
+    kinds = {"DNS change", "reload", "rename state.json", "rename record.json"}
+    assert all(any(k in x for x in killed_at) for k in kinds), sorted(killed_at)
+
+
+def _kind(line: str) -> str:
+    """What a point is, without its number, process, paths' directories and key ids:
+    "before rename state.json", "after DNS change", "before reload"."""
+    words = line.split(" ")[2:]
+    verb = [w for w in words if not w.startswith(("/", "_"))]
+    paths = [w for w in words if w.startswith("/")]
+    base = re.sub(r"[0-9a-f]{12,}", "*", paths[0].rsplit("/", 1)[-1]) if paths else ""
+    if "rename" not in verb:
+        return " ".join(v for v in verb if v not in {"TLSA", "TXT"})
+    return " ".join([*verb, base])
