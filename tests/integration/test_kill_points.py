@@ -360,19 +360,73 @@ CASES = {"compromised": compromised_case, "dual": dual_case}
 STRIDE = 2  # every other point: see the test's docstring
 
 
+@dataclass
+class Sweep:
+    """The rounds of one case: each restores the host, kills certman at a point, finishes."""
+
+    bed: Testbed
+    case: Case
+    snap: Snapshot
+    logs: Path
+    runs: Runs = field(default_factory=Runs)
+    killed: set[str] = field(default_factory=set)  # _keys() of the points killed at
+    rounds: int = 0
+    probes: int = 0
+    watched: int = 0
+
+    def round(self, n: int) -> list[str]:
+        """Kill at point ``n`` (if the run gets that far), finish, check; the run's points."""
+        bed, case = self.bed, self.case
+        self.rounds += 1
+        restore(bed, case.config, self.snap)
+        pf = bed.postfix["mx1"]
+        offers = (OFFER_ECDSA_ONLY, OFFER_RSA_ONLY) if len(case.kinds) > 1 else ((),)
+        probers = [Prober(bed, pf.host, pf.address, options=o) for o in offers]
+        watch = Watch(bed, TLSA, pf.address, case.kinds)
+        log = self.logs / f"round-{self.rounds}-kill-{n}.log"
+        with ExitStack() as stack:
+            for p in probers:
+                stack.enter_context(p.running())
+            stack.enter_context(watch.running())
+            time.sleep(0.5)
+            crashed = self.runs.certman(case.config, *case.command, log=log, kill_at=n)
+            if crashed.returncode == 0:  # this run ended before point n
+                assert n > len(points(log)), (n, crashed.stdout, crashed.stderr)
+            else:
+                assert crashed.returncode == -signal.SIGKILL, (n, crashed.stdout, crashed.stderr)
+                self.killed.add(_keys(points(log))[-1])
+            state = finish(self.runs, case.config, case.command, case.done)
+            time.sleep(1.0)
+        label = points(log)[-1] if crashed.returncode else "(no kill: the run ended first)"
+        for p in probers:
+            assert p.failures == [], (n, label, p.options, p.failures[:3])
+            self.probes += len(p.results)
+        assert watch.served_without_record() == [], (n, label, watch.served_without_record()[:3])
+        assert watch.early_swaps(case.wait) == [], (n, label, case.wait)
+        assert watch.newly_served(), (n, label, "the watch never saw the new key served")
+        records = tlsa_digests(bed.bind.primary, TLSA)
+        wanted = {k.spki_sha256 for k in (*state.current.values(), *state.next.values())}
+        assert records == wanted and not records & case.old, (n, label, records, wanted)
+        self.watched += len(watch.samples)
+        return points(log) if crashed.returncode == 0 else []
+
+
 @pytest.mark.parametrize("case_name", list(CASES))
 def test_a_kill_anywhere_in_a_compromised_or_dual_rollover_keeps_the_rules(
     testbed: Testbed, tmp_path: Path, case_name: str
 ) -> None:
-    """Kill at point 1, 3, 5, ... (each write's "before" point) and at the last point, until a
-    run reaches its end unkilled; after each kill, `certman run` until done.
+    """Kill at point 1, 3, 5, ... (each write's "before" point) until a run reaches its end
+    unkilled, then at that run's last point; then at each "before" point of that whole run that
+    no round killed at yet. After each kill, `certman run` until done.
 
     Every other point, not every point, to stay within the sweep's time budget (every point
-    would add ~14 minutes on 2 cores): a kill "after write k" and one "before write k + 1"
-    leave the same files, DNS records and state behind, so the odd points still cover every
-    gap between two consecutive writes, and the last point the one after the last write. The
-    end is found by running, not from a count run, since the number of CONFIRM polls (each a
-    state save) varies with how fast the secondary catches up.
+    would add ~15 minutes on 2 cores instead of ~8): a kill "after write k" and one "before
+    write k + 1" leave the same files, DNS records and state behind, so the "before" points
+    cover every gap between two consecutive writes, and the last point the one after the last
+    write. The number of points varies from run to run (CONFIRM polls, each a state save, with
+    how fast the secondary catches up; an ACME order with or without a challenge), which shifts
+    points by whole pairs: the end is found by running, and the last pass kills at the points
+    the shifts made the first pass miss.
 
     Each round: the prober (posttls-finger through the caching validating resolver; one per key
     type for the dual case) must never fail, and the watch must see no served key without its
@@ -380,70 +434,51 @@ def test_a_kill_anywhere_in_a_compromised_or_dual_rollover_keeps_the_rules(
     served) and no new key served sooner than 2 x TTL + margin after its record reached both.
     """
     case = CASES[case_name](testbed, tmp_path / "host")
-    snap = snapshot(testbed, case.config, tmp_path / "snap")
-    runs = Runs()
-    pf = testbed.postfix["mx1"]
-    offers = (OFFER_ECDSA_ONLY, OFFER_RSA_ONLY) if len(case.kinds) > 1 else ((),)
-    began_sweep = time.monotonic()
-    samples = watched = killed = 0
-    killed_at: set[str] = set()
-    n, final = 1, False
-    while True:
-        restore(testbed, case.config, snap)
-        probers = [Prober(testbed, pf.host, pf.address, options=o) for o in offers]
-        watch = Watch(testbed, TLSA, pf.address, case.kinds)
-        log = tmp_path / f"kill-{n}.log"
-        with ExitStack() as stack:
-            for p in probers:
-                stack.enter_context(p.running())
-            stack.enter_context(watch.running())
-            time.sleep(0.5)
-            crashed = runs.certman(case.config, *case.command, log=log, kill_at=n)
-            if crashed.returncode == 0:  # this run ended before point n
-                assert n > len(points(log)), (n, crashed.stdout, crashed.stderr)
-            else:
-                assert crashed.returncode == -signal.SIGKILL, (n, crashed.stdout, crashed.stderr)
-                killed += 1
-                killed_at.add(_kind(points(log)[-1]))
-            state = finish(runs, case.config, case.command, case.done)
-            time.sleep(1.0)
-        label = points(log)[-1] if crashed.returncode else "(no kill: the run ended first)"
-        for p in probers:
-            assert p.failures == [], (n, label, p.options, p.failures[:3])
-            samples += len(p.results)
-        assert watch.served_without_record() == [], (n, label, watch.served_without_record()[:3])
-        assert watch.early_swaps(case.wait) == [], (n, label, case.wait)
-        assert watch.newly_served(), (n, label, "the watch never saw the new key served")
-        records = tlsa_digests(testbed.bind.primary, TLSA)
-        wanted = {k.spki_sha256 for k in (*state.current.values(), *state.next.values())}
-        assert records == wanted and not records & case.old, (n, label, records, wanted)
-        watched += len(watch.samples)
-        if final:
-            break
-        if crashed.returncode == 0:  # one more round: the point after the last write
-            n, final = len(points(log)), True
-        else:
-            n += STRIDE
-    minutes = (time.monotonic() - began_sweep) / 60
-    leaks = sum(testbed.bind.tsig.secret in out for out in runs.outputs)
+    sweep = Sweep(testbed, case, snapshot(testbed, case.config, tmp_path / "snap"), tmp_path)
+    began = time.monotonic()
+    n = 1
+    while not (whole := sweep.round(n)):
+        n += STRIDE
+    sweep.round(len(whole))  # after the last write
+    first_pass = sweep.rounds
+    keys_of_whole = _keys(whole)
+    missed = [
+        i
+        for i, key in enumerate(keys_of_whole, 1)
+        if key.startswith("before") and key not in sweep.killed
+    ]
+    for i in missed:
+        sweep.round(i)
+    befores = {k for k in keys_of_whole if k.startswith("before")}
+    minutes = (time.monotonic() - began) / 60
+    leaks = sum(testbed.bind.tsig.secret in out for out in sweep.runs.outputs)
     print(
-        f"\nkill sweep ({case_name}): {killed} kills at every other point, "
-        f"{len(killed_at)} kinds of point {sorted(killed_at)}, {samples} probes, "
-        f"0 probe failures, {watched} watch samples, {len(runs.outputs)} certman runs, "
-        f"{leaks} outputs with a secret, {minutes:.1f} min"
+        f"\nkill sweep ({case_name}): {len(whole)} write points in a whole run, "
+        f"{len(sweep.killed)} distinct points killed at in {sweep.rounds} rounds "
+        f"({first_pass} every other point, {len(missed)} missed by shifts), "
+        f"{len(befores - sweep.killed)} gaps of the whole run not killed in, "
+        f"{sweep.probes} probes, 0 probe failures, {sweep.watched} watch samples, "
+        f"{len(sweep.runs.outputs)} certman runs, {leaks} outputs with a secret, "
+        f"{minutes:.1f} min"
     )
     assert leaks == 0
-    kinds = {"DNS change", "reload", "rename state.json", "rename record.json"}
-    assert all(any(k in x for x in killed_at) for k in kinds), sorted(killed_at)
+    kinds = {"DNS change TLSA", "DNS change TXT", "reload", "state.json", "record.json"}
+    assert all(any(k in x for x in sweep.killed) for k in kinds), sorted(sweep.killed)
 
 
-def _kind(line: str) -> str:
-    """What a point is, without its number, process, paths' directories and key ids:
-    "before rename state.json", "after DNS change", "before reload"."""
-    words = line.split(" ")[2:]
-    verb = [w for w in words if not w.startswith(("/", "_"))]
-    paths = [w for w in words if w.startswith("/")]
-    base = re.sub(r"[0-9a-f]{12,}", "*", paths[0].rsplit("/", 1)[-1]) if paths else ""
-    if "rename" not in verb:
-        return " ".join(v for v in verb if v not in {"TLSA", "TXT"})
-    return " ".join([*verb, base])
+def _keys(lines: list[str]) -> list[str]:
+    """Each point as what it is and which of its kind it is in its run, without number,
+    process, directories or key ids: "before rename state.json #3", "before DNS change TXT #1",
+    "before reload #1"."""
+    seen: dict[str, int] = {}
+    keys = []
+    for line in lines:
+        words = line.split(" ")[2:]
+        verb = [w for w in words if not w.startswith(("/", "_"))]
+        paths = [w for w in words if w.startswith("/")]
+        if "rename" in verb and paths:
+            verb.append(re.sub(r"[0-9a-f]{12,}", "*", paths[0].rsplit("/", 1)[-1]))
+        kind = " ".join(verb)
+        seen[kind] = seen.get(kind, 0) + 1
+        keys.append(f"{kind} #{seen[kind]}")
+    return keys
