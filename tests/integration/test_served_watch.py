@@ -70,4 +70,6 @@ def test_the_watch_sees_a_served_keys_record_removed(
     monkeypatch.setattr(rollover, "wanted_keys", next_only)
     watch = _watch_a_broken_compromised_rollover(testbed, config)
     missing = {spki for _, _, spki in watch.served_without_record()}
-    assert missing == {served.served[KeyType.ECDSA_P256.value]}, watch.served_without_record()[:3]
+    # The compromised key while still served (and, later, the new one: the broken build drops
+    # every record but the next key's).
+    assert served.served[KeyType.ECDSA_P256.value] in missing, watch.served_without_record()[:3]
