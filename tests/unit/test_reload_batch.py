@@ -1,4 +1,5 @@
-"""`certman run`'s one reload per Postfix instance (``ReloadBatch``): who is covered by it."""
+"""`certman run`'s one reload per Postfix instance (``ReloadBatch``), and one handshake per endpoint
+in a verification attempt (``deploy._Fetched``)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,25 @@ def test_a_change_that_is_no_certificate_gets_the_same_single_reload() -> None:
     batch.defer("mx", main)  # type: ignore[arg-type]
     batch.flush()
     assert main.reloads == ["/etc/postfix"]
+
+
+def test_verification_fetches_each_endpoint_once_per_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leaf check and the DANE check of one endpoint share one STARTTLS handshake."""
+    from certman.lifecycle.steps.deploy import _Fetched
+
+    calls: list[tuple[str, int, object]] = []
+
+    def fetch_chain(address: str, port: int, **options: object) -> list[object]:
+        calls.append((address, port, options.get("server_name")))
+        return [object()]
+
+    monkeypatch.setattr("certman.dane.probe.fetch_chain", fetch_chain)
+    fetched = _Fetched()
+    first = fetched.fetch("127.0.0.25", 25, timeout=10.0, key_type=None, server_name="mx1")
+    again = fetched.fetch("127.0.0.25", 25, server_name="mx1", key_type=None, timeout=10.0)
+    other = fetched.fetch("127.0.0.25", 25, timeout=10.0, key_type=None, server_name="mx2")
+    assert first is again and other is not first
+    assert calls == [("127.0.0.25", 25, "mx1"), ("127.0.0.25", 25, "mx2")]
+    assert _Fetched().fetch("127.0.0.25", 25, server_name="mx1") is not first  # a new attempt

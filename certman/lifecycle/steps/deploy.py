@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from certman import keys
 from certman.config.schema import CertificateConfig
@@ -138,28 +138,13 @@ class _Fetched:
     def __init__(self) -> None:
         self.chains: dict[tuple[object, ...], list[x509.Certificate]] = {}
 
-    def fetch(
-        self,
-        address: str,
-        port: int,
-        *,
-        timeout: float,
-        key_type: KeyType | None = None,
-        server_name: str | None = None,
-        implicit_tls: bool | None = None,
-    ) -> list[x509.Certificate]:
+    def fetch(self, address: str, port: int, **options: Any) -> list[x509.Certificate]:
+        """``fetch_chain(address, port, **options)``, once per distinct endpoint."""
         from certman.dane.probe import fetch_chain
 
-        key = (address, port, key_type, server_name, implicit_tls)
+        key = (address, port, *sorted(options.items()))
         if key not in self.chains:
-            self.chains[key] = fetch_chain(
-                address,
-                port,
-                timeout=timeout,
-                key_type=key_type,
-                server_name=server_name,
-                implicit_tls=implicit_tls,
-            )
+            self.chains[key] = fetch_chain(address, port, **options)
         return self.chains[key]
 
 
