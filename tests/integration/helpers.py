@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -11,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed import Testbed
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # posttls-finger options that make the server pick one certificate of a dual RSA + ECDSA setup:
 # TLS 1.2 with only that authentication in the cipher list (TLS 1.3 would pick by signature
@@ -158,3 +163,15 @@ def posttls_finger(
     output = proc.stdout + proc.stderr
     verified = f"Verified TLS connection established to {host}[{address}]:{port}" in output
     return verified, output
+
+
+def run_certman(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m certman --config CONFIG ARGS`` in its own process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "certman", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )

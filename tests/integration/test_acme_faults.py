@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from ariproxy import AriProxy, Injected, running_proxy
+from helpers import run_certman as run
 from test_rollover_e2e import fresh_host, primary_tlsa, served_spki
-from test_server_faults import edit, one_line_failure, run, state
+from test_server_faults import edit, one_line_failure, state
 from testbed import Testbed
 
 from certman.config.load import load_config

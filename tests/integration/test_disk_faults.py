@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import run_certman as run
 from test_rollover_e2e import fresh_host, served_spki, state_of
 from testbed import Testbed
 
@@ -19,17 +20,6 @@ from certman.lifecycle.state import Phase, State
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "certman", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 @contextlib.contextmanager

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from helpers import Prober, in_background, write_config
+from helpers import run_certman as run
 from test_acme_faults import expire_backoff
 from test_rollover_e2e import fresh_host, primary_tlsa, rfc2136, served_spki
-from test_server_faults import edit, one_line_failure, run, state
+from test_server_faults import edit, one_line_failure, state
 from testbed import Testbed
 
 from certman.lifecycle.state import Operation, Phase

@@ -4,13 +4,12 @@ resolver down, a Postfix reload that fails. Each: a one-line error, exit 1, noth
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_certman as run
 from test_rollover_e2e import fresh_host, primary_tlsa, served_spki, state_of
 from testbed import Testbed
 
@@ -20,19 +19,7 @@ from certman.postfix.commands import Postfix
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 TLSA = "_25._tcp.mx1.dane.test"
-
-
-def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "certman", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 def edit(config: Path, old: str, new: str) -> str:
